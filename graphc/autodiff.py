@@ -1,0 +1,113 @@
+"""Reverse-mode differentiation as a graph transform.
+
+`grad` walks the graph once in reverse topological order, applies each op's gradient rule
+(written in graph ops) and sums the contributions reaching every node. The result is more
+graph: it can be optimized with the forward pass, compiled, and differentiated again.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import dtypes as _dt
+from .errors import GradientError, GraphError
+from .graph import Tensor, same_graph, topo_order
+from .ops import cast, sum_to_like, zeros_like
+from .ops.common import lift
+
+
+def _flatten(xs: Any) -> tuple[list[Tensor], Any]:
+    """Tensors in `xs` (a tensor, list, tuple or dict) and a function rebuilding the structure."""
+    if isinstance(xs, Tensor):
+        return [xs], lambda gs: gs[0]
+    if isinstance(xs, dict):
+        keys = list(xs)
+        return [xs[k] for k in keys], lambda gs: dict(zip(keys, gs))
+    if isinstance(xs, (list, tuple)):
+        kind = type(xs)
+        return list(xs), lambda gs: kind(gs)
+    raise GraphError(f"grad: wrt must be a tensor, list, tuple or dict of tensors, got {xs!r}")
+
+
+def _rules(node: Tensor):
+    grads = node.op.grads
+    return grads(len(node.inputs)) if callable(grads) else grads
+
+
+def grad(y: Tensor, xs, grad_output=None):
+    """Symbolic gradients of scalar `y` with respect to `xs` (same structure back).
+
+    A tensor `y` does not depend on gets zeros. Non-scalar `y` needs `grad_output`, the
+    gradient flowing into y (vector-Jacobian product)."""
+    if not isinstance(y, Tensor):
+        raise GraphError(f"grad: y must be a tensor, got {y!r}")
+    targets, rebuild = _flatten(xs)
+    for x in targets:
+        if not isinstance(x, Tensor):
+            raise GraphError(f"grad: wrt entries must be tensors, got {x!r}")
+        if not _dt.is_float(x.dtype):
+            raise GradientError(f"cannot differentiate with respect to {x.describe()}: its "
+                                f"dtype {x.dtype} is not floating point, so it has no gradient")
+    if not _dt.is_float(y.dtype):
+        raise GradientError(f"cannot differentiate {y.describe()}: its dtype {y.dtype} "
+                            "is not floating point")
+    same_graph([y, *targets], "grad")
+    seed = _seed(y, grad_output)
+
+    order = topo_order([y])
+    needed = _on_path(order, {id(t) for t in targets})
+    contributions: dict[int, list[Tensor]] = {id(y): [seed]}
+    total: dict[int, Tensor] = {}
+    for node in reversed(order):
+        if id(node) not in needed or id(node) not in contributions:
+            continue
+        g = _sum(contributions.pop(id(node)))
+        total[id(node)] = g
+        if not node.inputs:
+            continue
+        rules = _rules(node)
+        for i, x in enumerate(node.inputs):
+            if id(x) not in needed:
+                continue
+            rule = rules[i] if rules is not None and i < len(rules) else None
+            if rule is None:
+                raise GradientError(f"op '{node.op.name}' has no gradient with respect to its "
+                                    f"input {i} ({x.describe()}); node {node.describe()}")
+            contrib = rule(g, node, *node.inputs)
+            contrib = sum_to_like(contrib, x) if contrib.shape != x.shape or None in x.shape \
+                else contrib
+            if contrib.dtype != x.dtype:
+                contrib = cast(contrib, x.dtype)
+            contributions.setdefault(id(x), []).append(contrib)
+    return rebuild([total.get(id(x)) if id(x) in total else zeros_like(x) for x in targets])
+
+
+def _seed(y: Tensor, grad_output) -> Tensor:
+    if grad_output is None:
+        if y.shape != ():
+            raise GradientError(f"grad: y must be a scalar, got {y.describe()}; pass "
+                                "grad_output= with y's shape for a vector-Jacobian product")
+        return lift(np.ones((), y.dtype), like=y)
+    g = lift(grad_output, like=y)
+    if len(g.shape) != len(y.shape) or any(
+            a is not None and b is not None and a != b for a, b in zip(g.shape, y.shape)):
+        raise GradientError(f"grad: grad_output has shape {g.shape} but y has shape {y.shape}")
+    return cast(g, y.dtype)
+
+
+def _on_path(order: list[Tensor], sources: set[int]) -> set[int]:
+    """Float nodes that depend on a source: the only ones a gradient flows through."""
+    needed: set[int] = set()
+    for node in order:
+        if id(node) in sources or (
+                _dt.is_float(node.dtype) and any(id(x) in needed for x in node.inputs)):
+            needed.add(id(node))
+    return needed
+
+
+def _sum(terms: list[Tensor]) -> Tensor:
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total

@@ -1,0 +1,25 @@
+"""Public error types. Every error a user can cause is a GraphcError."""
+
+
+class GraphcError(Exception):
+    """Base class of every error graphc raises on purpose."""
+
+
+class GraphError(GraphcError):
+    """The graph is malformed: duplicate names, tensors from two graphs, bad arguments."""
+
+
+class ShapeError(GraphcError, ValueError):
+    """Operand shapes or dtypes do not fit an op; raised when the node is built."""
+
+
+class FeedError(GraphcError, ValueError):
+    """A call's feeds do not match the placeholders (missing, unknown, shape, dtype)."""
+
+
+class GradientError(GraphcError):
+    """A gradient was asked for that does not exist (integer tensor, op without rule)."""
+
+
+class CompileError(GraphcError):
+    """The graph cannot be compiled as asked (bad outputs, updates or backend)."""
