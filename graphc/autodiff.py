@@ -68,7 +68,7 @@ def grad(y: Tensor, xs, grad_output=None):
             continue
         rules = _rules(node)
         for i, x in enumerate(node.inputs):
-            if id(x) not in needed:
+            if id(x) not in needed or i in node.op.shape_only:
                 continue
             rule = rules[i] if rules is not None and i < len(rules) else None
             if rule is None:
@@ -100,8 +100,9 @@ def _on_path(order: list[Tensor], sources: set[int]) -> set[int]:
     """Float nodes that depend on a source: the only ones a gradient flows through."""
     needed: set[int] = set()
     for node in order:
-        if id(node) in sources or (
-                _dt.is_float(node.dtype) and any(id(x) in needed for x in node.inputs)):
+        if id(node) in sources or (_dt.is_float(node.dtype) and any(
+                id(x) in needed for i, x in enumerate(node.inputs)
+                if i not in node.op.shape_only)):
             needed.add(id(node))
     return needed
 
