@@ -12,7 +12,7 @@ import numpy as np
 
 from . import dtypes as _dt
 from .errors import GradientError, GraphError
-from .graph import Tensor, same_graph, topo_order
+from .graph import Tensor, same_graph, source_scope, topo_order
 from .ops import cast, sum_to_like, zeros_like
 from .ops.common import lift
 
@@ -74,11 +74,11 @@ def grad(y: Tensor, xs, grad_output=None):
             if rule is None:
                 raise GradientError(f"op '{node.op.name}' has no gradient with respect to its "
                                     f"input {i} ({x.describe()}); node {node.describe()}")
-            contrib = rule(g, node, *node.inputs)
-            contrib = sum_to_like(contrib, x) if contrib.shape != x.shape or None in x.shape \
-                else contrib
-            if contrib.dtype != x.dtype:
-                contrib = cast(contrib, x.dtype)
+            with source_scope(node.source):
+                contrib = rule(g, node, *node.inputs)
+                contrib = sum_to_like(contrib, x)
+                if contrib.dtype != x.dtype:
+                    contrib = cast(contrib, x.dtype)
             contributions.setdefault(id(x), []).append(contrib)
     return rebuild([total.get(id(x)) if id(x) in total else zeros_like(x) for x in targets])
 

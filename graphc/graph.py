@@ -5,6 +5,7 @@ call time), its dtype, its attributes and the user's file:line where it was made
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -33,7 +34,11 @@ class SourceInfo:
 
 
 def user_source() -> SourceInfo | None:
-    """The first stack frame outside the graphc package: the user's file:line."""
+    """The first stack frame outside the graphc package: the user's file:line (or, while
+    gradient rules run, the line of the forward node being differentiated)."""
+    override = getattr(_local, "source", None)
+    if override is not None:
+        return override
     frame = sys._getframe(1)
     while frame is not None:
         fname = frame.f_code.co_filename
@@ -260,6 +265,17 @@ class Graph:
 
 _DEFAULT = Graph("default")
 _local = threading.local()
+
+
+@contextlib.contextmanager
+def source_scope(source: SourceInfo | None):
+    """Attribute nodes built inside the block to `source` (used for gradient nodes)."""
+    previous = getattr(_local, "source", None)
+    _local.source = source
+    try:
+        yield
+    finally:
+        _local.source = previous
 
 
 def _stack() -> list:

@@ -1,0 +1,1 @@
+"""graphc's benchmark suite (run as `python -m benchmarks.<name>`)."""
