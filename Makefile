@@ -1,12 +1,14 @@
-# graphc: `make demo` installs and trains a small classifier; `make test` installs and tests.
+# graphc: `make demo` installs and trains a small classifier; `make test` installs and tests;
+# `make bench` installs and runs the benchmark suite on the hardware present.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-test test demo overhead clean
+.PHONY: install install-test test demo bench bench-quick overhead clean
 
+# --system-site-packages: peers installed on the machine (torch, jax, cupy) stay visible.
 $(PY):
-	$(PYTHON) -m venv $(VENV)
+	$(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
 install: $(PY)
@@ -20,6 +22,14 @@ test: install-test
 
 demo: install
 	$(PY) examples/train_classifier.py
+
+bench: $(PY)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks --json benchmarks/results.json --plot benchmarks/sweeps.png
+
+bench-quick: $(PY)
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) -m benchmarks --quick
 
 overhead: install
 	$(PY) -m benchmarks.overhead

@@ -1,0 +1,111 @@
+"""python -m benchmarks: graphc against NumPy, PyTorch and JAX on the hardware present.
+
+Runs every workload on every available system and device, checks that the systems agree
+on the step before timing them, prints a table (ms per step, ratio to graphc), runs the
+scaling sweeps, and writes JSON, a PNG of the sweeps and (after a full run) RESULTS.md."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import machine, report, sweeps
+from .suite import Timing, run_workload
+from .systems import all_systems
+from .workloads import QUICK, WORKLOADS
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, few repetitions (< 2 min)")
+    p.add_argument("--workload", action="append", help="run only these (repeatable)")
+    p.add_argument("--system", action="append", help="run only these systems (repeatable)")
+    p.add_argument("--device", choices=["cpu", "gpu"], action="append",
+                   help="devices to run on (default: every device present)")
+    p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="PATH", help="write the sweeps as a PNG (matplotlib)")
+    p.add_argument("--no-sweeps", action="store_true", help="skip the scaling sweeps")
+    p.add_argument("--results", metavar="PATH", default=os.path.join(HERE, "RESULTS.md"),
+                   help="RESULTS.md to update after a full run (default: benchmarks/RESULTS.md)")
+    p.add_argument("--no-results", action="store_true", help="never write RESULTS.md")
+    return p.parse_args(argv)
+
+
+def _reference(w):
+    """The step's fingerprint from hand-written float32 NumPy, the trusted reference."""
+    try:
+        from .systems.numpy_sys import NumpyNaive
+    except ImportError:
+        return None  # then the first system that runs is the reference
+    from .suite import AGREE_STEPS, _fingerprints
+    from .workloads import make_data
+    runner = NumpyNaive().build(w, make_data(w))
+    return _fingerprints(runner, AGREE_STEPS)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    table = QUICK if args.quick else WORKLOADS
+    names = args.workload or list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        print(f"unknown workload(s) {unknown}; known: {list(table)}", file=sys.stderr)
+        return 2
+    devices = args.device or (["cpu", "gpu"] if machine.gpu_available() else ["cpu"])
+    if "gpu" in devices and not machine.gpu_available():
+        print("no GPU is visible here: skipping --device gpu")
+        devices = [d for d in devices if d != "gpu"]
+    timing = Timing(min_samples=3, max_samples=10, budget_s=0.5) if args.quick else Timing()
+    systems = all_systems()
+    if args.system:
+        systems = [s for s in systems if s.name in args.system]
+    info = machine.describe()
+    print(f"graphc benchmarks on {info['cpu']} ({info['cores']} cores)"
+          + (f" + {info['gpu']}" if info["gpu"] else "") + (" [quick]" if args.quick else ""))
+    rep = {"machine": info, "quick": args.quick, "ceilings": {}, "results": [], "sweeps": {}}
+    for device in devices:
+        ceil = machine.ceilings(device, args.quick)
+        rep["ceilings"][device] = ceil
+        print(f"\n[{device}] matmul {ceil['matmul_flops'] / 1e12:.2f} TFLOP/s, "
+              f"copy {ceil['copy_bytes_per_s'] / 1e9:.1f} GB/s")
+        dev_systems = [s for s in systems if s.device == device]
+        for name in names:
+            w = table[name]
+            if device not in w.devices:
+                continue
+            print(f"  {name}: {w.description}")
+            ref = _reference(w)
+            rep["results"] += run_workload(w, device, dev_systems, ceil, timing, ref)
+        print()
+        print(report.main_table(rep["results"], device))
+        if not args.no_sweeps:
+            print(f"\n[{device}] scaling sweeps")
+            graphc_like = [s for s in dev_systems if s.name.startswith("graphc")]
+            peer = next((s for pref in ("jax-jit", "numpy-expert", "cupy-graph", "cupy")
+                         for s in dev_systems if s.name == pref), None)
+            sweep_systems = graphc_like + ([peer] if peer else [])
+            rep["sweeps"][device] = {
+                "batch": sweeps.batch_sweep(device, sweep_systems, ceil, args.quick),
+                "depth": sweeps.depth_sweep(device, sweep_systems, ceil, args.quick),
+                "compile": sweeps.compile_sweep(args.quick,
+                                                "numpy" if device == "cpu" else "cupy"),
+            }
+    if args.json:
+        report.to_json(rep, args.json)
+        print(f"\nwrote {args.json}")
+    if args.plot:
+        if report.plot(rep, args.plot):
+            print(f"wrote {args.plot}")
+        else:
+            print("matplotlib is not installed (pip install graphc[bench]): no plot")
+    full = not (args.quick or args.workload or args.system or args.no_sweeps)
+    if full and not args.no_results:
+        report.write_results(rep, args.results, devices)
+        print(f"updated {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

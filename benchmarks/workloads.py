@@ -1,0 +1,138 @@
+"""The benchmark workloads: what one step computes, its sizes, its floors, its data.
+
+Every system implements the same step from the same initial weights and data (`make_data`),
+in float32. A workload is a plain description; systems read it and build their own step.
+
+Kinds:
+- "mlp": Dense layers with `activation` between them (none after the last), softmax
+  cross-entropy (mean) on integer labels, SGD with `lr`. One step = forward, backward
+  (no gradient for the input data), update. `loss` is the loss before the update.
+- "elementwise": x -> the chain ELEMENTWISE_CHAIN applied to 16M floats -> loss = sum(y);
+  one step = loss and d loss / d x (no parameters).
+- "softmax_xent": loss = mean softmax cross-entropy of given logits; one step = loss and
+  d loss / d logits (no parameters).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+# The chain of 20 elementwise ops of the `elementwise` workload, as (name, constant).
+# Every system must apply exactly these, in order.
+ELEMENTWISE_CHAIN = [
+    ("mul", 1.01), ("add", 0.1), ("tanh", None), ("mul", 2.0), ("sigmoid", None),
+    ("add", -0.3), ("mul", 1.5), ("tanh", None), ("add", 0.2), ("mul", 0.9),
+    ("sigmoid", None), ("mul", 3.0), ("add", -1.0), ("tanh", None), ("mul", 1.1),
+    ("add", 0.05), ("sigmoid", None), ("mul", 2.5), ("add", -0.7), ("tanh", None),
+]
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One benchmark row: a training step (or forward+gradient) of fixed sizes."""
+
+    name: str
+    kind: str  # "mlp" | "elementwise" | "softmax_xent"
+    batch: int = 0
+    layers: tuple = ()  # mlp: (in, hidden..., classes)
+    activation: str = "relu"  # mlp: "relu" | "tanh"
+    lr: float = 0.01
+    size: int = 0  # elementwise: number of floats
+    classes: int = 0  # softmax_xent: row length
+    devices: tuple = ("cpu", "gpu")
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        """What one step is, with the sizes actually used."""
+        if self.kind == "mlp":
+            depth = len(self.layers) - 2
+            shape = "-".join(map(str, self.layers)) if depth <= 4 else \
+                f"{self.layers[0]}-({self.layers[1]} x {depth})-{self.layers[-1]}"
+            return f"{shape} {self.activation} MLP, batch {self.batch}, SGD step"
+        if self.kind == "elementwise":
+            return (f"{len(ELEMENTWISE_CHAIN)} elementwise ops over {self.size / 2**20:g}M "
+                    "floats, forward + input gradient")
+        return f"softmax cross-entropy loss + gradient, {self.batch} x {self.classes} logits"
+
+    # --- floors --------------------------------------------------------------------------
+    def flops(self) -> float:
+        """Matmul FLOPs one step must do (no gradient for the input data)."""
+        if self.kind != "mlp":
+            return 0.0
+        total = 0.0
+        for i, (n_in, n_out) in enumerate(zip(self.layers[:-1], self.layers[1:])):
+            mm = 2.0 * self.batch * n_in * n_out
+            total += mm * (2 if i == 0 else 3)  # forward, weight gradient, input gradient
+        return total
+
+    def bytes_moved(self) -> float:
+        """Fewest bytes a step must move through memory (each input read, output written)."""
+        if self.kind == "elementwise":
+            return 2.0 * 4 * self.size
+        if self.kind == "softmax_xent":
+            return 2.0 * 4 * self.batch * self.classes + 4 * self.batch
+        return 0.0
+
+    def samples(self) -> int:
+        return self.batch if self.kind != "elementwise" else 1
+
+    def with_batch(self, batch: int) -> "Workload":
+        return replace(self, name=f"{self.name}@b{batch}", batch=batch)
+
+    def with_depth(self, depth: int) -> "Workload":
+        width = self.layers[1]
+        layers = (self.layers[0],) + (width,) * depth + (self.layers[-1],)
+        return replace(self, name=f"{self.name}@d{depth}", layers=layers)
+
+
+def make_data(w: Workload, seed: int = 0) -> dict:
+    """Initial weights and inputs, identical for every system (float32 NumPy arrays)."""
+    rng = np.random.default_rng(seed)
+    if w.kind == "mlp":
+        params = []
+        for n_in, n_out in zip(w.layers[:-1], w.layers[1:]):
+            bound = math.sqrt(6.0 / (n_in + n_out))
+            params.append(rng.uniform(-bound, bound, (n_in, n_out)).astype(np.float32))
+            params.append(np.zeros(n_out, np.float32))
+        return {"params": params,
+                "x": rng.normal(size=(w.batch, w.layers[0])).astype(np.float32),
+                "labels": rng.integers(0, w.layers[-1], size=w.batch).astype(np.int32)}
+    if w.kind == "elementwise":
+        return {"params": [], "x": rng.normal(size=w.size).astype(np.float32)}
+    if w.kind == "softmax_xent":
+        return {"params": [],
+                "x": rng.normal(size=(w.batch, w.classes)).astype(np.float32),
+                "labels": rng.integers(0, w.classes, size=w.batch).astype(np.int32)}
+    raise ValueError(f"unknown workload kind {w.kind!r}")
+
+
+WORKLOADS: dict[str, Workload] = {}
+
+
+def register(w: Workload) -> Workload:
+    """Add a workload to the suite (later issues add lenet, lstm and optimizer rows)."""
+    WORKLOADS[w.name] = w
+    return w
+
+
+register(Workload("mlp-s", "mlp", batch=128, layers=(784, 256, 256, 10)))
+register(Workload("mlp-m", "mlp", batch=1024, layers=(784, 1024, 1024, 10)))
+register(Workload("mlp-l", "mlp", batch=4096, layers=(4096, 4096, 4096, 4096, 10),
+                  devices=("gpu",)))
+register(Workload("deep-narrow", "mlp", batch=64, layers=(256,) * 33 + (10,),
+                  activation="tanh"))
+register(Workload("elementwise", "elementwise", size=16 * 2**20))
+register(Workload("softmax-xent", "softmax_xent", batch=8192, classes=32000))
+
+# Small variants for --quick (a 2-core CPU finishes the whole quick suite in < 2 minutes).
+QUICK: dict[str, Workload] = {
+    "mlp-s": WORKLOADS["mlp-s"],
+    "mlp-m": replace(WORKLOADS["mlp-m"], batch=128),
+    "mlp-l": replace(WORKLOADS["mlp-l"], batch=256, layers=(1024, 1024, 1024, 1024, 10)),
+    "deep-narrow": replace(WORKLOADS["deep-narrow"], layers=(256,) * 9 + (10,)),
+    "elementwise": replace(WORKLOADS["elementwise"], size=2**20),
+    "softmax-xent": replace(WORKLOADS["softmax-xent"], batch=512, classes=8000),
+}

@@ -1,0 +1,49 @@
+"""Keeps the benchmark suite alive in CI: a --quick run on one tiny workload."""
+import json
+
+from benchmarks import __main__ as bench
+from benchmarks.suite import agrees
+from benchmarks.workloads import QUICK, WORKLOADS, make_data
+import numpy as np
+
+
+def test_quick_run_on_one_workload(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    systems = ["graphc-numpy", "numpy-naive", "numpy-expert"]
+    code = bench.main(["--quick", "--workload", "mlp-s", "--device", "cpu", "--no-sweeps",
+                       "--no-results", "--json", str(out)]
+                      + [arg for s in systems for arg in ("--system", s)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    rows = {r["system"]: r for r in report["results"]}
+    graphc = rows["graphc-numpy"]
+    assert graphc["status"] == "ok" and graphc["median_ms"] > 0 and graphc["samples"] >= 3
+    assert len(graphc["fingerprint"]) == 3  # three steps' losses, checked before timing
+    assert report["machine"]["cores"] >= 1 and report["ceilings"]["cpu"]["matmul_flops"] > 0
+    for r in report["results"]:  # every peer that ran agreed with the reference
+        assert r["status"] in ("ok", "skipped"), (r["system"], r["status"], r["reason"])
+    printed = capsys.readouterr().out
+    assert "| mlp-s |" in printed and "graphc-numpy" in printed
+
+
+def test_floors_match_the_workload_definitions():
+    w = WORKLOADS["mlp-m"]
+    # forward + weight gradient for layer 1, plus the input gradient for the other layers
+    expected = 2 * 1024 * (784 * 1024 * 2 + 1024 * 1024 * 3 + 1024 * 10 * 3)
+    assert w.flops() == expected
+    assert WORKLOADS["elementwise"].bytes_moved() == 2 * 4 * 16 * 2**20
+    data = make_data(QUICK["mlp-s"])
+    assert [p.shape for p in data["params"]] == [(784, 256), (256,), (256, 256), (256,),
+                                                 (256, 10), (10,)]
+    np.testing.assert_array_equal(make_data(QUICK["mlp-s"])["x"], data["x"])  # seeded
+
+
+def test_agreement_rule():
+    ref = np.array([2.30, 2.29, 2.28])
+    assert agrees(ref, ref * (1 + 1e-4), tf32=False)
+    assert not agrees(ref, ref * 1.01, tf32=False)
+    assert agrees(ref, ref * 1.01, tf32=True)
+    assert not agrees(ref, np.array([np.nan, 2.29, 2.28]), tf32=False)
+    grad = np.array([1.0, 1e-3, 4.0])  # loss, sum(g) ~ 0, sum(g^2)
+    assert agrees(grad, grad + [0, 1e-3, 0], tf32=False)
+    assert not agrees(grad, grad + [0, 0, 0.1], tf32=False)
