@@ -135,6 +135,7 @@ def plot(report: dict, path: str) -> bool:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         return False
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -143,6 +144,9 @@ def plot(report: dict, path: str) -> bool:
             for system, s in sw.get(name, {}).items():
                 if s["x"]:
                     ax.loglog(s["x"], s["ms"], marker="o", label=f"{system} ({device})")
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
             ax.set_xlabel(xlabel)
             ax.set_ylabel("ms per step")
             ax.set_title(f"step time against {xlabel}")

@@ -155,10 +155,17 @@ def _float(x) -> Tensor:
     return x if _dt.is_float(x.dtype) else cast(x, _dt.DEFAULT_FLOAT)
 
 
+def _promoted(a, b) -> tuple[Tensor, Tensor]:
+    """Lift both operands and cast them to their common dtype, so that kernels never see
+    mixed dtypes and every backend computes in the dtype inference promised."""
+    a, b = lift_pair(a, b)
+    dtype = _dt.promote(a.dtype, b.dtype)
+    return cast(a, dtype), cast(b, dtype)
+
+
 def _bin(name):
     def fn(a, b) -> Tensor:
-        a, b = lift_pair(a, b)
-        return apply(name, (a, b))
+        return apply(name, _promoted(a, b))
     fn.__name__ = name
     return fn
 
@@ -176,16 +183,15 @@ equal = _bin("equal")
 
 def div(a, b) -> Tensor:
     """True division; integer operands give the default float."""
-    a, b = lift_pair(a, b)
-    if not _dt.is_float(a.dtype) and not _dt.is_float(b.dtype):
+    a, b = _promoted(a, b)
+    if not _dt.is_float(a.dtype):
         a, b = _float(a), _float(b)
     return apply("div", (a, b))
 
 
 def pow(a, b) -> Tensor:  # noqa: A001 - mirrors numpy/torch naming
     """a ** b elementwise."""
-    a, b = lift_pair(a, b)
-    return apply("pow", (a, b))
+    return apply("pow", _promoted(a, b))
 
 
 def where(condition, a, b) -> Tensor:
@@ -193,8 +199,7 @@ def where(condition, a, b) -> Tensor:
     condition = lift(condition)
     if not isinstance(a, Tensor) and isinstance(b, Tensor):
         a = lift(a, like=b)
-    a, b = lift_pair(a, b)
-    return apply("where", (condition, a, b))
+    return apply("where", (condition, *_promoted(a, b)))
 
 
 def neg(x) -> Tensor:
