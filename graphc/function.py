@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import threading
+
 import numpy as np
 
 from . import dtypes as _dt
@@ -66,10 +68,14 @@ def _check_updates(updates: dict, graph) -> list:
     return pairs
 
 
-def compile(outputs, updates: dict | None = None, optimizer=None, backend: str = "numpy"
-            ) -> "Function":  # noqa: A001 - the public name the API asks for
+def compile(outputs, updates: dict | None = None, optimizer=None, backend: str = "numpy",
+            optimize: bool = True, passes=None) -> "Function":  # noqa: A001
     """Compile outputs (tensor, list or dict), parameter updates and an optimizer's step into
-    one plan; returns a callable Function."""
+    one plan; returns a callable Function. `optimize=False` skips the compiler passes;
+    `passes=[...]` (names from graphc.passes.PASSES or callables) replaces the default list."""
+    from .passes import DEFAULT_PASSES, Program, run_passes
+    from .passes import simplify as _simplify
+    pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
     flat, rebuild = _flatten_outputs(outputs)
     for t in flat:
         if not isinstance(t, Tensor):
@@ -82,37 +88,49 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
         same_graph(all_tensors, "compile")
     if optimizer is not None:
         loss = _loss_of(outputs, flat)
+        if "simplify" in pipeline:  # differentiate the stable form, not the one as written
+            loss = _simplify.run(Program((loss,))).outputs[0]
         for p, v in optimizer.updates(loss).items():
             if p in updates:
                 raise CompileError(f"compile: parameter '{p.name}' is updated both by "
                                    f"`updates` and by the optimizer")
             updates[p] = v
     pairs = _check_updates(updates, flat[0].graph if flat else None)
-    plan = lower(flat, pairs)
-    return Function(plan, rebuild, _resolve_backend(backend))
+    program = run_passes(Program(tuple(flat), tuple(pairs)), pipeline)
+    plan = lower(list(program.outputs), list(program.updates))
+    return Function(plan, rebuild, _resolve_backend(backend), fuse=optimize and passes is None
+                    or "fuse" in pipeline)
 
 
 class Function:
-    """A compiled step. Call with a dict {placeholder or name: array} or keywords."""
+    """A compiled step. Call with a dict {placeholder or name: array} or keywords.
 
-    def __init__(self, plan: Plan, rebuild, backend: str):
-        self.plan = plan
+    Calls are serialized by a lock: a Function owns one set of buffers, so concurrent
+    calls from several threads run one after another."""
+
+    def __init__(self, plan: Plan, rebuild, backend: str, fuse: bool = True):
+        self.symbolic_plan = plan
         self.backend = backend
+        self._fuse = fuse
         self._rebuild = rebuild
         self._feeds = [ph for ph, _ in plan.feeds]
         self._by_name = {ph.name: ph for ph in self._feeds}
         self._graph_names = plan.nodes[0].graph._names if plan.nodes else {}
-        self._params = [p for p, _ in plan.params]
-        self._consts = [c.value for c, _ in plan.consts]
         self._dynamic = [i for i, ph in enumerate(self._feeds) if None in ph.shape]
-        self._compiled: dict = {}  # bound None sizes -> compiled step
-        # Values that may alias a feed, a parameter or each other are copied before they
-        # are handed out or stored; everything else a step computes is fresh.
-        leaves = {s for s, n in enumerate(plan.nodes) if not n.inputs}
-        shared = set(plan.outputs) & {s for _, s in plan.updates}
-        self._copy_output = [s in leaves or s in shared for s in plan.outputs]
-        self._copy_update = [s in leaves or s in shared for _, s in plan.updates]
+        self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
+        self._last = None
+        self._lock = threading.Lock()
 
+    @property
+    def plan(self):
+        """The plan of the latest call (fused kernels, buffers, memory), or before any call
+        the symbolic plan (one step per graph node, None dimensions unbound)."""
+        return self._last[0] if self._last is not None else self.symbolic_plan
+
+    def bound_plan(self, **feed_shapes):
+        """The bound plan for the given placeholder shapes (by name), built if needed."""
+        arrays = [np.empty(feed_shapes[ph.name], ph.dtype) for ph in self._feeds]
+        return self._compiled_for(arrays)[0]
     # --- feeds ---------------------------------------------------------------------------
     def _collect(self, feeds, kwargs) -> dict:
         given: dict = {}
@@ -170,36 +188,26 @@ class Function:
     # --- running -------------------------------------------------------------------------
     def _compiled_for(self, arrays: list):
         key = tuple(arrays[i].shape for i in self._dynamic)
-        run = self._compiled.get(key)
-        if run is None:
-            shapes = self.plan.bind({ph: a.shape for ph, a in zip(self._feeds, arrays)})
+        entry = self._compiled.get(key)
+        if entry is None:
             from .backends import numpy as backend
-            run = backend.compile_plan(self.plan, shapes)
-            self._compiled[key] = run
-        return run
+            from .plan import bind
+            bound = bind(self.symbolic_plan, {ph: a.shape for ph, a in zip(self._feeds, arrays)},
+                         fuse=self._fuse)
+            entry = (bound, backend.compile_bound(bound))
+            self._compiled[key] = entry
+        return entry
 
     def __call__(self, feeds: dict | None = None, /, **kwargs):
         given = self._collect(feeds, kwargs)
         arrays = [self._convert(ph, given[ph]) for ph in self._feeds]
-        run = self._compiled_for(arrays)
-        params = [p._value for p in self._params]
-        with np.errstate(all="ignore"):
-            outs, new_values = run(arrays, params, self._consts)
-        inputs = {id(a) for a in arrays} | {id(a) for a in params}
-        for (p, _), v, copy in zip(self.plan.updates, new_values, self._copy_update):
-            p._value = _owned(v, copy or id(v) in inputs)
-        results = [_owned(v, copy or id(v) in inputs)
-                   for v, copy in zip(outs, self._copy_output)]
-        return self._rebuild(results)
+        with self._lock:
+            entry = self._compiled_for(arrays)
+            self._last = entry
+            with np.errstate(all="ignore"):
+                outs = entry[1](*arrays)
+        return self._rebuild(list(outs))
 
     def __repr__(self) -> str:
         return (f"<graphc.Function backend={self.backend} steps={len(self.plan.steps)} "
                 f"feeds={[ph.name for ph in self._feeds]}>")
-
-
-def _owned(value, copy: bool) -> np.ndarray:
-    """A writable array that aliases no feed, parameter or other result. Kernels return the
-    dtype inference promised (tests check it), so nothing is cast here."""
-    if copy or getattr(value, "base", None) is not None:
-        return np.array(value, copy=True)
-    return np.asarray(value)

@@ -200,7 +200,7 @@ class Parameter(Tensor):
                 raise GraphError(f"parameter '{self.name}' is {self.dtype}; cannot assign "
                                  f"a value of dtype {arr.dtype}")
             arr = arr.astype(self.dtype)
-        self._value = np.array(arr, dtype=self.dtype, copy=True)
+        self._value[...] = arr  # in place: compiled functions hold this storage
 
 
 class Graph:

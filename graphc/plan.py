@@ -125,3 +125,133 @@ def lower(outputs: list, updates: list) -> Plan:
             plan.last_use[s] = i
     return plan
 
+
+
+@dataclass
+class BoundPlan:
+    """A plan specialized to concrete shapes: kernels (fused groups, ops, views) in order,
+    and the memory plan that places every value they write."""
+
+    plan: Plan
+    shapes: list
+    kernels: list
+    memory: object  # memory.MemoryPlan
+    aliased: dict  # slot -> slot it is a no-op of (reshape to the same shape, ...)
+    folded: dict  # slot -> value computed at bind time
+
+    def summary(self) -> str:
+        """Each kernel with the ops fused into it, its buffers, and the memory figures."""
+        from .backends.codegen import build_expr
+        mem = self.memory
+        n_fused = sum(1 for k in self.kernels if k.kind == "fused")
+        n_ops = sum(1 for k in self.kernels if k.kind == "op")
+        lines = [f"Bound plan: {n_fused + n_ops} kernels ({n_fused} fused, {n_ops} other), "
+                 f"{sum(1 for k in self.kernels if k.kind == 'view')} views; "
+                 f"{len(self.plan.steps)} graph steps"]
+        for ph, slot in self.plan.feeds:
+            lines.append(f"  %{slot:<4} feed      {ph.name:<20} {_shape_str(self, slot)}")
+        for p, slot in self.plan.params:
+            lines.append(f"  %{slot:<4} parameter {p.name:<20} {_shape_str(self, slot)}")
+        for k in self.kernels:
+            if k.kind in ("alias", "const"):
+                continue
+            outs = ", ".join(f"%{s}" for s in k.outputs)
+            ins = ", ".join(f"%{s}" for s in k.inputs)
+            where = self._buffers(k)
+            if k.kind == "fused":
+                expr = build_expr(k, self.plan, self.shapes)
+                lines.append(f"  {outs:<12} = fused[{expr.describe()}]({ins})  over "
+                             f"{_fmt_shape(k.shape)}{where}")
+            else:
+                node = k.steps[0].node
+                src = f"  @ {node.source}" if node.source else ""
+                lines.append(f"  {outs:<12} = {k.kind + ' ' if k.kind == 'view' else ''}"
+                             f"{node.op.name}({ins})  {_shape_str(self, k.outputs[0])}"
+                             f"{where}{src}")
+        lines.append(f"  outputs: {', '.join(f'%{s}' for s in self.plan.outputs) or '-'}")
+        if self.plan.updates:
+            ups = ", ".join(f"{p.name} <- %{s}" + (" (in place)" if s in mem.param_writes
+                                                    else "") for p, s in self.plan.updates)
+            lines.append(f"  updates: {ups}")
+        lines.append(f"  memory: arena {_bytes(mem.arena_bytes)} (liveness lower bound "
+                     f"{_bytes(mem.lower_bound)}; one buffer per node: {_bytes(mem.naive_bytes)})")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def _buffers(self, k) -> str:
+        mem = self.memory
+        spots = []
+        for s in k.outputs:
+            if s in mem.param_writes:
+                spots.append(f"%{s} into {mem.param_writes[s].name}")
+            elif s in mem.inplace:
+                spots.append(f"%{s} in place of %{mem.inplace[s]}")
+            elif s in mem.offsets:
+                spots.append(f"%{s} @{mem.offsets[s]}")
+        return f"  [{'; '.join(spots)}]" if spots and k.kind != "view" else ""
+
+
+def _fmt_shape(shape) -> str:
+    return format_shape(tuple(shape))
+
+
+def _shape_str(bp: BoundPlan, slot: int) -> str:
+    return f"{_fmt_shape(bp.shapes[slot])} {bp.plan.nodes[slot].dtype}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def bind(plan: Plan, feed_shapes: dict, fuse: bool = True) -> BoundPlan:
+    """Specialize a plan to concrete feed shapes: no-op removal, fusion, memory plan."""
+    from .memory import plan_memory
+    from .passes.fuse import group
+    shapes = plan.bind(feed_shapes)
+    aliased = {st.slot: st.inputs[0] for st in plan.steps
+               if st.op.noop_if_same_shape and tuple(shapes[st.inputs[0]]) == tuple(shapes[st.slot])}
+
+    def canon(s):
+        while s in aliased:
+            s = aliased[s]
+        return s
+    # Readers of a no-op's result read its source directly; the no-op stays only as an
+    # alias, for outputs and updates that name it.
+    steps = [st if st.slot in aliased else Step(st.slot, st.node, tuple(canon(s) for s in st.inputs))
+             for st in plan.steps]
+    plan = Plan(plan.nodes, plan.feeds, plan.params, plan.consts, steps, plan.outputs,
+                plan.updates)
+    folded = _fold_constants(plan, shapes, aliased)
+    kernels = group(plan, shapes, aliased, folded, fuse=fuse)
+    memory = plan_memory(kernels, plan, shapes)
+    return BoundPlan(plan, shapes, kernels, memory, aliased, folded)
+
+
+FOLD_LIMIT = 1 << 16  # elements: larger constant results are computed at run time
+
+
+def _fold_constants(plan: Plan, shapes: list, aliased: dict) -> dict:
+    """Values computable at bind time (from constants and bound shapes alone)."""
+    import numpy as np
+    values = {s: c.value for c, s in plan.consts}
+    folded = {}
+    for st in plan.steps:
+        op = st.op
+        if st.slot in aliased:
+            if aliased[st.slot] in values:
+                values[st.slot] = values[aliased[st.slot]]
+            continue
+        data = [s for i, s in enumerate(st.inputs) if i not in op.shape_only]
+        if op.reference is None or not all(s in values for s in data) or \
+                int(np.prod(shapes[st.slot], dtype=np.int64)) > FOLD_LIMIT:
+            continue
+        args = [tuple(shapes[s]) if i in op.shape_only else values[s]
+                for i, s in enumerate(st.inputs)]
+        with np.errstate(all="ignore"):
+            value = np.array(op.reference(*args, **st.node.attrs), dtype=st.node.dtype)
+        values[st.slot] = folded[st.slot] = value
+    return folded

@@ -1,17 +1,26 @@
-"""The NumPy backend: each step calls its op's NumPy reference; the whole plan becomes one
-generated straight-line Python function, so a call walks no graph and runs no loop."""
+"""The NumPy backend: compiles a bound plan into one generated straight-line function.
+
+Every value a kernel writes lives in one preallocated arena (the memory plan); parameters
+are updated in their own storage; views of fixed buffers are made once. A call walks no
+graph, runs no loop over steps and, in steady state, allocates no array data (the outputs it
+hands back are copies). Generated source names values only by slot number."""
 from __future__ import annotations
 
 import functools
 
-from ..plan import Plan
+import numpy as np
+
+from ..plan import BoundPlan
+from ..passes.fuse import data_inputs
+from . import codegen
+from .numpy_kernels import INTO
 
 name = "numpy"
 
 
 def make_kernel(node, in_shapes: list):
-    """A callable for one step: the op's reference with attributes and, for shape-only
-    inputs, the bound shapes baked in. Data inputs stay positional."""
+    """The op's NumPy reference with attributes and bound shape-only inputs baked in: a
+    callable over the data inputs that returns a new array (or a view)."""
     op = node.op
     ref = op.reference
     if op.shape_only:
@@ -29,52 +38,124 @@ def make_kernel(node, in_shapes: list):
     return ref
 
 
-def data_inputs(step) -> list:
-    """Input slots whose values a step reads (shape-only inputs excluded)."""
-    skip = step.op.shape_only
-    return [s for i, s in enumerate(step.inputs) if i not in skip]
 
 
-def generate(plan: Plan, shapes: list) -> tuple[str, dict]:
-    """Python source of the plan's step function and the namespace it runs in.
+def _into(step, shapes):
+    """A callable f(*data_inputs, out=array) for a non-elementwise op."""
+    node = step.node
+    fast = INTO.get(node.op.name)
+    if fast is not None:
+        return functools.partial(fast, **node.attrs) if node.attrs else fast
+    ref = make_kernel(node, [shapes[s] for s in step.inputs])
 
-    Names in the source are only v<slot> and k<slot>: no user string ever enters the code."""
-    ns: dict = {}
-    keep = set(plan.outputs) | {s for _, s in plan.updates}
-    leaves = {s for _, s in plan.feeds} | {s for _, s in plan.params} | {s for _, s in plan.consts}
-    lines = ["def run(feeds, params, consts):"]
-    for i, (_, s) in enumerate(plan.feeds):
-        lines.append(f"    v{s} = feeds[{i}]")
-    for i, (_, s) in enumerate(plan.params):
-        lines.append(f"    v{s} = params[{i}]")
-    for i, (_, s) in enumerate(plan.consts):
-        lines.append(f"    v{s} = consts[{i}]")
-    last_read: dict[int, int] = {}
-    for i, step in enumerate(plan.steps):
-        for s in data_inputs(step):
-            last_read[s] = i
-    for i, step in enumerate(plan.steps):
-        if step.op.noop_if_same_shape and shapes[step.inputs[0]] == shapes[step.slot]:
-            lines.append(f"    v{step.slot} = v{step.inputs[0]}")
+    def generic(*args, out):
+        np.copyto(out, ref(*args), casting="unsafe")
+    return generic
+
+
+class _Builder:
+    """Assembles the step function's source and namespace."""
+
+    def __init__(self, bp: BoundPlan):
+        self.bp = bp
+        self.ns: dict = {"np": np}
+        self.fixed: dict[int, np.ndarray] = {}  # slot -> array known at bind time
+        self.lines: list[str] = []
+        self.feed_slots = [s for _, s in bp.plan.feeds]
+
+    def ref(self, slot: int) -> str:
+        if slot in self.fixed:
+            self.ns[f"b{slot}"] = self.fixed[slot]
+            return f"b{slot}"
+        return f"v{slot}"
+
+    def build(self):
+        bp, mem = self.bp, self.bp.memory
+        arena = np.empty(max(mem.arena_bytes, 1), np.uint8)
+        self.ns["ARENA"] = arena
+        for p, s in bp.plan.params:
+            self.fixed[s] = p._value
+        for c, s in bp.plan.consts:
+            self.fixed[s] = c.value
+        dtypes = [n.dtype for n in bp.plan.nodes]
+        for s, off in mem.offsets.items():
+            n = int(np.prod(bp.shapes[s], dtype=np.int64)) * dtypes[s].itemsize
+            self.fixed[s] = arena[off:off + n].view(dtypes[s]).reshape(bp.shapes[s])
+        for s, p in mem.param_writes.items():
+            self.fixed[s] = p._value
+        args = ", ".join(f"v{s}" for s in self.feed_slots)
+        self.lines.append(f"def run({args}):")
+        for i, k in enumerate(bp.kernels):
+            getattr(self, f"_{k.kind}")(i, k)
+        self._updates()
+        outs = "".join(f"{self.ref(s)}.copy(), " for s in bp.plan.outputs)
+        self.lines.append(f"    return ({outs})")
+        source = "\n".join(self.lines) + "\n"
+        exec(compile(source, "<graphc plan>", "exec"), self.ns)  # noqa: S102 - generated
+        run = self.ns["run"]
+        run.source = source
+        run.arena = arena
+        return run
+
+    def _const(self, i, k):
+        self.fixed[k.outputs[0]] = self.bp.folded[k.outputs[0]]
+
+    def _alias(self, i, k):
+        src, out = k.inputs[0], k.outputs[0]
+        if src in self.fixed:
+            self.fixed[out] = self.fixed[src]
         else:
-            ns[f"k{step.slot}"] = make_kernel(step.node, [shapes[s] for s in step.inputs])
-            args = ", ".join(f"v{s}" for s in data_inputs(step))
-            lines.append(f"    v{step.slot} = k{step.slot}({args})")
-        dead = sorted({s for s in data_inputs(step) if last_read.get(s) == i
-                       and s not in keep and s not in leaves})
-        if dead:  # free big temporaries as soon as their last reader ran
-            lines.append("    del " + ", ".join(f"v{s}" for s in dead))
-    outs = "".join(f"v{s}, " for s in plan.outputs)
-    ups = "".join(f"v{s}, " for _, s in plan.updates)
-    lines.append(f"    return ({outs}), ({ups})")
-    return "\n".join(lines) + "\n", ns
+            self.lines.append(f"    v{out} = v{src}")
+
+    def _view(self, i, k):
+        step = k.steps[0]
+        fn = make_kernel(step.node, [self.bp.shapes[s] for s in step.inputs])
+        src, out = k.inputs[0], k.outputs[0]
+        if src in self.fixed:
+            view = fn(self.fixed[src])
+            if np.shares_memory(view, self.fixed[src]):  # a true view: make it once
+                self.fixed[out] = view
+                return
+        self.ns[f"V{out}"] = fn
+        self.lines.append(f"    v{out} = V{out}({self.ref(src)})")
+
+    def _op(self, i, k):
+        step = k.steps[0]
+        self.ns[f"K{i}"] = _into(step, self.bp.shapes)
+        ins = "".join(f"{self.ref(s)}, " for s in data_inputs(step))
+        self.lines.append(f"    K{i}({ins}out={self.ref(step.slot)})")
+
+    def _fused(self, i, k):
+        expr = codegen.build_expr(k, self.bp.plan, self.bp.shapes)
+        mem = self.bp.memory
+        aliased = {j for j, (s, _) in enumerate(expr.outputs)
+                   if s in mem.inplace or s in mem.param_writes}
+        self.ns[f"F{i}"] = codegen.compile_numpy(expr, aliased)
+        slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
+            [r[0] for r in expr.reductions]
+        self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
+
+    def _updates(self):
+        """Updates not written in place: snapshot values that alias a parameter first (so
+        every right-hand side is an old value), then copy into the parameters."""
+        bp = self.bp
+        params = {s for _, s in bp.plan.params}
+        pending = [(p, s) for p, s in bp.plan.updates if s not in bp.memory.param_writes]
+        for j, (p, s) in enumerate(pending):
+            if s in params or self._is_param_view(s):
+                self.ns[f"T{j}"] = np.empty(p.shape, p.dtype)
+                self.lines.append(f"    np.copyto(T{j}, {self.ref(s)})")
+        for j, (p, s) in enumerate(pending):
+            self.ns[f"P{j}"] = p._value
+            src = f"T{j}" if f"T{j}" in self.ns else self.ref(s)
+            self.lines.append(f"    np.copyto(P{j}, {src})")
+
+    def _is_param_view(self, slot) -> bool:
+        arr = self.fixed.get(slot)
+        return arr is not None and any(np.shares_memory(arr, p._value)
+                                       for p, _ in self.bp.plan.params)
 
 
-def compile_plan(plan: Plan, shapes: list):
-    """Compile a bound plan to run(feeds, params, consts) -> (outputs, update values)."""
-    source, ns = generate(plan, shapes)
-    code = compile(source, "<graphc plan>", "exec")
-    exec(code, ns)  # noqa: S102 - source is generated from slot numbers only
-    run = ns["run"]
-    run.source = source
-    return run
+def compile_bound(bp: BoundPlan):
+    """run(*feeds) -> tuple of output copies; parameters are updated in their storage."""
+    return _Builder(bp).build()

@@ -109,12 +109,36 @@ def _sce(logits, labels):
     return lse - z[np.arange(len(labels)), labels]
 
 
-def _sce_grad(g, y, logits, labels):
-    n_classes = logits.shape[1]
-    return expand_dims(g, 1) * (softmax(logits, 1) - one_hot(labels, n_classes, logits.dtype))
+def _sce_backward(g, logits, labels):
+    _check_labels(labels, logits.shape[1], "softmax_cross_entropy")
+    z = logits - np.max(logits, axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= np.sum(p, axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1
+    return p * g[:, None]
 
 
-register("softmax_cross_entropy", _infer_sce, _sce, (_sce_grad, None))
+def _infer_sce_backward(shapes, dts, **_):
+    return shapes[1], dts[1]
+
+
+def _sce_backward_dg(gg, y, g, logits, labels):
+    diff = softmax(logits, 1) - one_hot(labels, logits.shape[1], logits.dtype)
+    return _sum(gg * diff, axis=1)
+
+
+def _sce_backward_dlogits(gg, y, g, logits, labels):
+    probs = softmax(logits, 1)
+    u = gg * expand_dims(g, 1)
+    return probs * (u - _sum(u * probs, axis=1, keepdims=True))
+
+
+register("softmax_cross_entropy", _infer_sce, _sce,
+         (lambda g, y, logits, labels: apply("softmax_cross_entropy_backward",
+                                             (g, logits, labels)), None))
+# The analytic gradient g * (softmax(x) - onehot) as one op: one pass over the logits.
+register("softmax_cross_entropy_backward", _infer_sce_backward, _sce_backward,
+         (_sce_backward_dg, _sce_backward_dlogits, None))
 
 
 def softmax_cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:

@@ -1,0 +1,230 @@
+"""Elementwise fusion, on a plan bound to concrete shapes.
+
+Maximal groups of elementwise steps with the same iteration shape become one kernel; their
+inputs may broadcast. A sum over a member's value (a bias gradient, a loss total) joins the
+group as a trailing reduction. Values used only inside a group are never materialized.
+Groups never create a cycle: a step joins only if none of its outside inputs depends on the
+group. The result is a list of kernels in an order that respects every dependency."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VIEW_OPS = {"reshape", "transpose", "expand_dims", "broadcast_to", "broadcast_like",
+            "reshape_like", "getitem"}
+REDUCTIONS = {"sum", "mean", "sum_to_like"}
+
+
+@dataclass
+class Kernel:
+    """One unit of execution: a fused group, a single op, a view, or an alias."""
+
+    kind: str  # "fused" | "op" | "view" | "alias" | "const"
+    steps: list  # plan steps it computes, in order
+    inputs: list = field(default_factory=list)  # slots read
+    outputs: list = field(default_factory=list)  # slots written (materialized)
+    shape: tuple = ()  # iteration shape of a fused group
+    reductions: dict = field(default_factory=dict)  # out slot -> (member slot, axes, op)
+
+    @property
+    def ops(self) -> list:
+        return [s.op.name for s in self.steps]
+
+
+def reduction_axes(step, shapes) -> tuple | None:
+    """Axes a sum/mean/sum_to_like step reduces over, given concrete shapes."""
+    name = step.op.name
+    src = shapes[step.inputs[0]]
+    if name in ("sum", "mean"):
+        return tuple(step.node.attrs["axes"])
+    target = shapes[step.inputs[1]]
+    lead = len(src) - len(target)
+    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(target)
+                                      if d == 1 and src[lead + i] != 1)
+
+
+def data_inputs(step) -> list:
+    """Input slots whose values a step reads (shape-only inputs are bound, never read)."""
+    skip = step.op.shape_only
+    return [s for i, s in enumerate(step.inputs) if i not in skip]
+
+
+def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> list[Kernel]:
+    """Partition the plan's steps into kernels (see module docstring)."""
+    producer: dict[int, int] = {}  # slot -> index of its step
+    for i, step in enumerate(plan.steps):
+        producer[step.slot] = i
+    ancestors: dict[int, int] = {}  # slot -> bitset of step indices it depends on
+
+    def anc(slot):
+        return ancestors.get(slot, 0)
+
+    for i, step in enumerate(plan.steps):
+        bits = 0
+        for s in data_inputs(step):
+            bits |= anc(s) | (1 << producer[s] if s in producer else 0)
+        ancestors[step.slot] = bits
+
+    owner: dict[int, Kernel] = {}  # step index -> kernel
+    members: dict[int, int] = {}  # id(kernel) -> bitset of member step indices
+    kernels: list[Kernel] = []
+
+    def legal(kernel_bits: int, new_inputs) -> bool:
+        """Joining is legal if no outside input depends on the group. Dependence is judged
+        between whole kernels: a kernel's outputs exist only after all of it has run."""
+        lowest = (kernel_bits & -kernel_bits).bit_length() - 1
+        seen: set[int] = set()
+
+        def reaches(slot) -> bool:
+            j = producer.get(slot)
+            if j is None or kernel_bits >> j & 1:
+                return False
+            if anc(slot) & kernel_bits:
+                return True
+            k = owner.get(j)
+            if k is None or id(k) in seen:
+                return False
+            seen.add(id(k))
+            bits = members[id(k)]
+            if bits & kernel_bits:
+                return True
+            if bits.bit_length() - 1 < lowest:  # all of k precedes the group: cannot reach it
+                return False
+            return any(reaches(s) for st in k.steps for s in data_inputs(st))
+
+        return not any(reaches(s) for s in new_inputs)
+
+    for i, step in enumerate(plan.steps):
+        name = step.op.name
+        if step.slot in folded:
+            k = Kernel("const", [step], [], [step.slot])
+        elif step.slot in aliased:
+            k = Kernel("alias", [step], [step.inputs[0]], [step.slot])
+        elif name in VIEW_OPS:
+            k = Kernel("view", [step], [step.inputs[0]], [step.slot])
+        elif step.op.elementwise and not fuse:
+            k = Kernel("fused", [step], shape=tuple(shapes[step.slot]))
+        elif step.op.elementwise:
+            k = _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
+            if k is None:
+                continue
+        elif fuse and name in REDUCTIONS and _attach_reduction(
+                i, step, shapes, producer, owner, members, legal):
+            continue
+        else:
+            k = Kernel("op", [step], data_inputs(step), [step.slot])
+        kernels.append(k)
+        owner[i] = k
+        members[id(k)] = 1 << i
+    readers: dict[int, set] = {}
+    for j, st in enumerate(plan.steps):
+        for s in data_inputs(st):
+            readers.setdefault(s, set()).add(id(owner[j]))
+    roots = set(plan.outputs) | {s for _, s in plan.updates}
+    for k in kernels:
+        if k.kind == "fused":
+            _finish(k, shapes, readers, roots)
+    return _order(kernels, producer, owner)
+
+
+def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels):
+    shape = tuple(shapes[step.slot])
+    candidates = []
+    for s in step.inputs:
+        k = owner.get(producer.get(s, -1))
+        if k is not None and k.kind == "fused" and k.shape == shape and not k.reductions \
+                and k not in candidates:
+            candidates.append(k)
+    merged_bits = 1 << i
+    chosen = []
+    for k in candidates:
+        bits = members[id(k)] | merged_bits
+        if legal(bits, _outside_inputs(bits, step, chosen + [k], producer)):
+            chosen.append(k)
+            merged_bits = bits
+    if not chosen:
+        k = Kernel("fused", [step], shape=shape)
+        return k
+    target = chosen[0]
+    for other in chosen[1:]:
+        target.steps.extend(other.steps)
+        for j in _indices(members[id(other)]):
+            owner[j] = target
+        kernels.remove(other)
+        del members[id(other)]
+    target.steps.append(step)
+    members[id(target)] = merged_bits
+    owner[i] = target
+    return None
+
+
+def _outside_inputs(bits, step, ks, producer):
+    ins = list(step.inputs)
+    for k in ks:
+        for st in k.steps:
+            ins.extend(st.inputs)
+    return ins
+
+
+def _attach_reduction(i, step, shapes, producer, owner, members, legal) -> bool:
+    src = step.inputs[0]
+    k = owner.get(producer.get(src, -1))
+    if k is None or k.kind != "fused" or tuple(shapes[src]) != k.shape:
+        return False
+    if step.op.name == "sum_to_like" and len(shapes[step.inputs[1]]) > len(k.shape):
+        return False
+    bits = members[id(k)] | 1 << i
+    if not legal(bits, [src]):
+        return False
+    k.steps.append(step)
+    k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.name)
+    members[id(k)] = bits
+    owner[i] = k
+    return True
+
+
+def _indices(bits: int):
+    i = 0
+    while bits:
+        if bits & 1:
+            yield i
+        bits >>= 1
+        i += 1
+
+
+def _finish(k: Kernel, shapes, readers, roots) -> None:
+    """Inputs (read from outside), outputs (read outside or plan roots), reductions."""
+    member_slots = {st.slot for st in k.steps}
+    k.inputs = list(dict.fromkeys(s for st in k.steps for s in data_inputs(st)
+                                  if s not in member_slots))
+    k.outputs = [st.slot for st in k.steps
+                 if st.slot in roots or readers.get(st.slot, set()) - {id(k)}]
+
+
+def _order(kernels, producer, owner) -> list[Kernel]:
+    """Topological order of kernels, stable with respect to the original step order."""
+    import heapq
+    pos: dict[int, int] = {}
+    for plan_index, o in sorted(owner.items()):
+        pos.setdefault(id(o), plan_index)
+    deps: dict[int, set] = {id(k): set() for k in kernels}
+    users: dict[int, set] = {id(k): set() for k in kernels}
+    by_id = {id(k): k for k in kernels}
+    for k in kernels:
+        for s in k.inputs:
+            if s in producer:
+                src = owner[producer[s]]
+                if src is not k:
+                    deps[id(k)].add(id(src))
+                    users[id(src)].add(id(k))
+    ready = [(pos[i], i) for i, d in deps.items() if not d]
+    heapq.heapify(ready)
+    out = []
+    while ready:
+        _, i = heapq.heappop(ready)
+        out.append(by_id[i])
+        for u in users[i]:
+            deps[u].discard(i)
+            if not deps[u]:
+                heapq.heappush(ready, (pos[u], u))
+    assert len(out) == len(kernels), "fusion created a cycle"
+    return out
