@@ -1,8 +1,8 @@
 """Plan-executor overhead on a graph of scalar-sized nodes.
 
-Builds a chain of N elementwise ops on 0-d tensors (so the kernels themselves cost almost
-nothing) and reports, per plan step: the time of a whole call, the time of the same NumPy
-kernels called directly from a tight Python loop, and the difference (graphc's overhead).
+Builds a chain of N elementwise ops on a 0-d tensor (so the kernels themselves cost almost
+nothing) and reports the time per plan step of a whole call, compiled without fusion (one
+kernel per op: the executor's own cost per step) and with it (the chain becomes one kernel).
 Run: python -m benchmarks.overhead [--nodes 200]"""
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ import numpy as np
 import graphc as gc
 
 
-def build(n_nodes: int):
+def build(n_nodes: int, optimize: bool):
     with gc.Graph():
         x = gc.placeholder("x", ())
         y = x
         ops = [lambda t: t * 1.0001, lambda t: t + 0.5, gc.tanh, lambda t: t - 0.25]
         for i in range(n_nodes):
             y = ops[i % len(ops)](y)
-        return gc.compile(y), x
+        return gc.compile(y, optimize=optimize)
 
 
-def best_of(fn, repeats: int = 7, number: int = 2000) -> float:
+def best_of(fn, repeats: int = 7, number: int = 500) -> float:
     """Best mean seconds per call over `repeats` runs of `number` calls."""
     best = float("inf")
     for _ in range(repeats):
@@ -36,33 +36,21 @@ def best_of(fn, repeats: int = 7, number: int = 2000) -> float:
 
 
 def measure(n_nodes: int = 200) -> dict:
-    fn, _ = build(n_nodes)
     feed = {"x": np.float32(0.3)}
-    fn(feed)
-    run = next(iter(fn._compiled.values()))
-    steps = fn.plan.steps
-    arrays = [np.asarray(np.float32(0.3))]
-    params, consts = [], [c.value for c, _ in fn.plan.consts]
-    from graphc.backends.numpy import make_kernel
-    kernels = [(make_kernel(s.node, []), s.inputs, s.slot) for s in steps]
-    slots = [None] * len(fn.plan.nodes)
-    slots[0] = arrays[0]
-    for (_, s), v in zip(fn.plan.consts, consts):
-        slots[s] = v
-
-    def direct():
-        for k, ins, out in kernels:
-            slots[out] = k(*[slots[i] for i in ins])
-
-    call = best_of(lambda: fn(feed), number=500)
-    plan_only = best_of(lambda: run(arrays, params, consts), number=500)
-    kernels_only = best_of(direct, number=500)
-    n = len(steps)
-    return {"steps": n, "call_us_per_step": call / n * 1e6,
-            "plan_us_per_step": plan_only / n * 1e6,
-            "kernel_loop_us_per_step": kernels_only / n * 1e6,
-            "overhead_us_per_step": (plan_only - kernels_only) / n * 1e6,
-            "per_call_fixed_us": (call - plan_only) * 1e6}
+    out = {}
+    for label, optimize in (("unfused", False), ("fused", True)):
+        fn = build(n_nodes, optimize)
+        fn(feed)
+        bound, run = next(iter(fn._compiled.values()))
+        arr = np.asarray(np.float32(0.3))
+        kernels = sum(1 for k in bound.kernels if k.kind in ("fused", "op"))
+        call = best_of(lambda: fn(feed))
+        plan_only = best_of(lambda: run(arr))
+        out[label] = {"steps": len(fn.symbolic_plan.steps), "kernels": kernels,
+                      "call_us_per_step": call / n_nodes * 1e6,
+                      "plan_us_per_kernel": plan_only / kernels * 1e6,
+                      "per_call_fixed_us": (call - plan_only) * 1e6}
+    return out
 
 
 def main(argv=None) -> None:
@@ -70,13 +58,14 @@ def main(argv=None) -> None:
     parser.add_argument("--nodes", type=int, default=200)
     args = parser.parse_args(argv)
     r = measure(args.nodes)
-    print(f"graph of {r['steps']} scalar-sized steps")
-    print(f"  whole call                 {r['call_us_per_step']:.3f} us/step")
-    print(f"  generated plan function    {r['plan_us_per_step']:.3f} us/step")
-    print(f"  same kernels, direct loop  {r['kernel_loop_us_per_step']:.3f} us/step")
-    print(f"  executor overhead          {r['overhead_us_per_step']:.3f} us/step "
-          f"(negative: the straight-line plan beats a loop)")
-    print(f"  fixed cost per call        {r['per_call_fixed_us']:.1f} us (feed checks, updates)")
+    u, f = r["unfused"], r["fused"]
+    print(f"chain of {args.nodes} scalar-sized elementwise ops")
+    print(f"  without fusion: {u['kernels']} kernels, {u['plan_us_per_kernel']:.3f} us per "
+          f"kernel in the generated plan function, {u['call_us_per_step']:.3f} us per step "
+          f"for a whole call")
+    print(f"  with fusion:    {f['kernels']} kernel(s), {f['call_us_per_step']:.3f} us per graph "
+          f"step for a whole call")
+    print(f"  fixed cost per call: {u['per_call_fixed_us']:.1f} us (feed checks, lock, outputs)")
 
 
 if __name__ == "__main__":
