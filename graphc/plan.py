@@ -221,8 +221,7 @@ def bind(plan: Plan, feed_shapes: dict, fuse: bool = True) -> BoundPlan:
         return s
     # Readers of a no-op's result read its source directly; the no-op stays only as an
     # alias, for outputs and updates that name it.
-    steps = [st if st.slot in aliased else Step(st.slot, st.node, tuple(canon(s) for s in st.inputs))
-             for st in plan.steps]
+    steps = [Step(st.slot, st.node, tuple(canon(s) for s in st.inputs)) for st in plan.steps]
     plan = Plan(plan.nodes, plan.feeds, plan.params, plan.consts, steps, plan.outputs,
                 plan.updates)
     folded = _fold_constants(plan, shapes, aliased)

@@ -76,8 +76,10 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> li
 
         def reaches(slot) -> bool:
             j = producer.get(slot)
-            if j is None or kernel_bits >> j & 1:
+            if j is None:
                 return False
+            if kernel_bits >> j & 1:  # reached from outside: the outside kernel needs the group
+                return True
             if anc(slot) & kernel_bits:
                 return True
             k = owner.get(j)
@@ -91,10 +93,15 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> li
                 return False
             return any(reaches(s) for st in k.steps for s in data_inputs(st))
 
-        return not any(reaches(s) for s in new_inputs)
+        outside = [s for s in new_inputs
+                   if not (s in producer and kernel_bits >> producer[s] & 1)]
+        return not any(reaches(s) for s in outside)
 
+    roots = set(plan.outputs) | {s for _, s in plan.updates}
     for i, step in enumerate(plan.steps):
         name = step.op.name
+        if step.slot in aliased and step.slot not in roots:
+            continue  # every reader reads the source directly (see plan.bind)
         if step.slot in folded:
             k = Kernel("const", [step], [], [step.slot])
         elif step.slot in aliased:
@@ -117,11 +124,13 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> li
         members[id(k)] = 1 << i
     readers: dict[int, set] = {}
     for j, st in enumerate(plan.steps):
+        if j not in owner:
+            continue
         for s in data_inputs(st):
             readers.setdefault(s, set()).add(id(owner[j]))
-    roots = set(plan.outputs) | {s for _, s in plan.updates}
     for k in kernels:
         if k.kind == "fused":
+            k.steps.sort(key=lambda st: producer[st.slot])  # merged groups: back in order
             _finish(k, shapes, readers, roots)
     return _order(kernels, producer, owner)
 
@@ -131,13 +140,15 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
     candidates = []
     for s in step.inputs:
         k = owner.get(producer.get(s, -1))
-        if k is not None and k.kind == "fused" and k.shape == shape and not k.reductions \
-                and k not in candidates:
+        if k is not None and k.kind == "fused" and k.shape == shape and k not in candidates \
+                and not any(x in k.reductions for x in step.inputs):
             candidates.append(k)
     merged_bits = 1 << i
     chosen = []
     for k in candidates:
         bits = members[id(k)] | merged_bits
+        if _reads_reduction_of(chosen, k) or _reads_reduction_of([k], *chosen):
+            continue  # a reduction's result exists only after its whole group has run
         if legal(bits, _outside_inputs(bits, step, chosen + [k], producer)):
             chosen.append(k)
             merged_bits = bits
@@ -147,6 +158,7 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
     target = chosen[0]
     for other in chosen[1:]:
         target.steps.extend(other.steps)
+        target.reductions.update(other.reductions)
         for j in _indices(members[id(other)]):
             owner[j] = target
         kernels.remove(other)
@@ -155,6 +167,11 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
     members[id(target)] = merged_bits
     owner[i] = target
     return None
+
+
+def _reads_reduction_of(readers: list, *groups) -> bool:
+    reduced = {s for g in groups for s in g.reductions}
+    return any(s in reduced for k in readers for st in k.steps for s in st.inputs)
 
 
 def _outside_inputs(bits, step, ks, producer):
@@ -212,8 +229,8 @@ def _order(kernels, producer, owner) -> list[Kernel]:
     for k in kernels:
         for s in k.inputs:
             if s in producer:
-                src = owner[producer[s]]
-                if src is not k:
+                src = owner.get(producer[s])
+                if src is not None and src is not k:
                     deps[id(k)].add(id(src))
                     users[id(src)].add(id(k))
     ready = [(pos[i], i) for i, d in deps.items() if not d]
