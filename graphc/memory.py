@@ -118,6 +118,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
             if k.kind == "fused" and (inplace_ok is None or inplace_ok(k)):
                 donor = next((s for s in k.inputs if s in alive and base[s] == s
                               and last.get(s) == i and size[s] == size[out]
+                              and not any(base[v] == s and v != s for v in k.inputs)
                               and dtypes[s] == dtypes[out] and tuple(shapes[s]) == k.shape
                               and tuple(shapes[out]) == k.shape), None)
             if donor is not None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..plan import BoundPlan
 from ..passes.fuse import data_inputs
-from . import codegen
+from . import codegen, numba_cpu
 from .numpy_kernels import INTO
 
 name = "numpy"
@@ -130,7 +130,10 @@ class _Builder:
         mem = self.bp.memory
         aliased = {j for j, (s, _) in enumerate(expr.outputs)
                    if s in mem.inplace or s in mem.param_writes}
-        self.ns[f"F{i}"] = codegen.compile_numpy(expr, aliased)
+        if numba_cpu.suits(expr):  # loads before stores per element: in-place is safe
+            self.ns[f"F{i}"] = numba_cpu.compile_numba(expr)
+        else:
+            self.ns[f"F{i}"] = codegen.compile_numpy(expr, aliased)
         slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
             [r[0] for r in expr.reductions]
         self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
