@@ -22,6 +22,7 @@ class MemoryPlan:
     naive_bytes: int  # one buffer per node
     inplace: dict = field(default_factory=dict)  # out slot -> input slot whose range it takes
     param_writes: dict = field(default_factory=dict)  # update slot -> parameter written in place
+    external: set = field(default_factory=set)  # outputs written straight into returned arrays
 
 
 def nbytes(shape, dtype) -> int:
@@ -90,6 +91,12 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
     for s in list(plan.outputs) + [s for _, s in plan.updates]:
         last[base[s]] = end
 
+    # Outputs computed by a kernel are written into arrays handed to the caller (recycled
+    # once the caller drops them), not into the arena: no copy on the way out.
+    produced = {s for k in kernels if k.kind in ("fused", "op") for s in k.outputs}
+    updated = {s for _, s in plan.updates}
+    external = {base[s] for s in plan.outputs if base[s] in produced and base[s] not in updated}
+
     param_writes = {}
     for p, s in plan.updates:
         k_idx = next((i for i, k in enumerate(kernels) if s in k.outputs), None)
@@ -111,7 +118,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
         if k.kind in ("view", "alias", "const"):
             continue
         for out in k.outputs:
-            if out in param_writes or out in leaves:
+            if out in param_writes or out in leaves or out in external:
                 continue
             born[out] = i
             donor = None
@@ -133,7 +140,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
             alive.remove(s)
     lower = _liveness_bound(born, last, size, len(kernels))
     naive = sum(size[st.slot] for st in plan.steps)
-    return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes)
+    return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external)
 
 
 def _liveness_bound(born: dict, last: dict, size: list, n: int) -> int:

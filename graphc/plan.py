@@ -207,7 +207,7 @@ def _bytes(n: int) -> str:
         n /= 1024
 
 
-def bind(plan: Plan, feed_shapes: dict, fuse: bool = True) -> BoundPlan:
+def bind(plan: Plan, feed_shapes: dict, fuse: bool = True, pairs=()) -> BoundPlan:
     """Specialize a plan to concrete feed shapes: no-op removal, fusion, memory plan."""
     from .memory import plan_memory
     from .passes.fuse import group
@@ -225,7 +225,7 @@ def bind(plan: Plan, feed_shapes: dict, fuse: bool = True) -> BoundPlan:
     plan = Plan(plan.nodes, plan.feeds, plan.params, plan.consts, steps, plan.outputs,
                 plan.updates)
     folded = _fold_constants(plan, shapes, aliased)
-    kernels = group(plan, shapes, aliased, folded, fuse=fuse)
+    kernels = group(plan, shapes, aliased, folded, fuse=fuse, pairs=pairs)
     memory = plan_memory(kernels, plan, shapes)
     return BoundPlan(plan, shapes, kernels, memory, aliased, folded)
 

@@ -7,13 +7,16 @@ hands back are copies). Generated source names values only by slot number."""
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 
 from ..plan import BoundPlan
 from ..passes.fuse import data_inputs
 from . import codegen, numba_cpu
-from .numpy_kernels import INTO
+from .numpy_kernels import INTO, PAIRS as _PAIR_KERNELS
+
+PAIRS = tuple(_PAIR_KERNELS)  # op pairs this backend computes in one kernel
 
 name = "numpy"
 
@@ -85,10 +88,21 @@ class _Builder:
             self.fixed[s] = p._value
         args = ", ".join(f"v{s}" for s in self.feed_slots)
         self.lines.append(f"def run({args}):")
+        for s in sorted(mem.external):
+            self.ns[f"OUT{s}"] = _recycler(bp.shapes[s], dtypes[s])
+            self.lines.append(f"    v{s} = OUT{s}()")
         for i, k in enumerate(bp.kernels):
             getattr(self, f"_{k.kind}")(i, k)
         self._updates()
-        outs = "".join(f"{self.ref(s)}.copy(), " for s in bp.plan.outputs)
+        handed: set[int] = set()
+        outs = ""
+        for s in bp.plan.outputs:
+            src = self._canonical(s)
+            if src in mem.external and src not in handed:  # already the caller's own array
+                handed.add(src)
+                outs += f"{self.ref(src)}, "
+            else:
+                outs += f"{self.ref(s)}.copy(), "
         self.lines.append(f"    return ({outs})")
         source = "\n".join(self.lines) + "\n"
         exec(compile(source, "<graphc plan>", "exec"), self.ns)  # noqa: S102 - generated
@@ -96,6 +110,12 @@ class _Builder:
         run.source = source
         run.arena = arena
         return run
+
+    def _canonical(self, slot):
+        for k in self.bp.kernels:
+            if k.kind == "alias" and k.outputs[0] == slot:
+                return k.inputs[0]
+        return slot
 
     def _const(self, i, k):
         self.fixed[k.outputs[0]] = self.bp.folded[k.outputs[0]]
@@ -120,6 +140,11 @@ class _Builder:
         self.lines.append(f"    v{out} = V{out}({self.ref(src)})")
 
     def _op(self, i, k):
+        if len(k.steps) == 2:  # a pair kernel (see passes.fuse)
+            self.ns[f"K{i}"] = _PAIR_KERNELS[tuple(st.op.name for st in k.steps)]
+            args = [self.ref(s) for s in k.inputs] + [self.ref(s) for s in k.outputs]
+            self.lines.append(f"    K{i}({', '.join(args)})")
+            return
         step = k.steps[0]
         self.ns[f"K{i}"] = _into(step, self.bp.shapes)
         ins = "".join(f"{self.ref(s)}, " for s in data_inputs(step))
@@ -157,6 +182,24 @@ class _Builder:
         arr = self.fixed.get(slot)
         return arr is not None and any(np.shares_memory(arr, p._value)
                                        for p, _ in self.bp.plan.params)
+
+
+def _recycler(shape, dtype, keep: int = 3):
+    """Output arrays for successive calls: an earlier one is reused once the caller has let
+    go of it (a caching allocator: no fresh pages, hence no page faults, per call). Up to
+    `keep` arrays are remembered, so a caller holding the last result still gets reuse."""
+    pool: list = []
+
+    def fetch():
+        for arr in pool:
+            # references: the pool, the loop variable, getrefcount's argument
+            if sys.getrefcount(arr) <= 3:
+                return arr
+        arr = np.empty(shape, dtype)
+        if len(pool) < keep:
+            pool.append(arr)
+        return arr
+    return fetch
 
 
 def compile_bound(bp: BoundPlan):

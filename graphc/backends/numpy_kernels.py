@@ -3,6 +3,9 @@ elementwise (elementwise ops go through the fused-kernel code generator). An op 
 here runs its reference and copies the result into place."""
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 TILE_ROWS_ELEMENTS = 1 << 16
@@ -18,9 +21,9 @@ def _reduce(fn):
     return kernel
 
 
-def _rows(n_rows: int, row_len: int):
-    """Row tiles of about TILE_ROWS_ELEMENTS elements."""
-    step = max(1, TILE_ROWS_ELEMENTS // max(row_len, 1))
+def _rows(n_rows: int, row_len: int, elements: int = TILE_ROWS_ELEMENTS):
+    """Row tiles of about `elements` elements."""
+    step = max(1, elements // max(row_len, 1))
     for r0 in range(0, n_rows, step):
         yield r0, min(r0 + step, n_rows)
 
@@ -74,6 +77,49 @@ def _sce_backward(g, logits, labels, out):
         o[np.arange(r1 - r0), labels[r0:r1]] -= 1
         np.multiply(o, g[r0:r1, None], out=o)
 
+
+_POOL = None
+
+
+def _parallel(fn, tiles) -> None:
+    """Run fn(r0, r1) over row tiles on a few threads (NumPy releases the GIL inside its
+    loops); serially when the work is small or the machine has one core."""
+    global _POOL
+    tiles = list(tiles)
+    workers = min(os.cpu_count() or 1, 8)
+    if len(tiles) < 4 or workers < 2:
+        for r0, r1 in tiles:
+            fn(r0, r1)
+        return
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="graphc")
+    for f in [_POOL.submit(fn, r0, r1) for r0, r1 in tiles]:
+        f.result()
+
+
+def _sce_with_backward(logits, labels, g, loss_out, grad_out):
+    """Loss and gradient of softmax cross-entropy in one pass over the logits: each tile of
+    rows is read once from memory, its exponentials computed once."""
+    _check_labels(labels, logits.shape[1])
+    g = np.broadcast_to(g, loss_out.shape)
+
+    def tile(r0, r1):
+        t, o, rows = logits[r0:r1], grad_out[r0:r1], np.arange(r1 - r0)
+        np.subtract(t, np.max(t, axis=1, keepdims=True), out=o)
+        picked = o[rows, labels[r0:r1]]
+        np.exp(o, out=o)
+        total = np.sum(o, axis=1)
+        np.subtract(np.log(total), picked, out=loss_out[r0:r1])
+        np.multiply(o, (g[r0:r1] / total)[:, None], out=o)
+        o[rows, labels[r0:r1]] -= g[r0:r1]
+
+    big = logits.size >= 1 << 22
+    _parallel(tile, _rows(logits.shape[0], logits.shape[1], 1 << 20) if big
+              else [(0, logits.shape[0])])
+
+
+# Kernels that compute two graph steps at once: (first op, second op) -> f(*inputs, *outs).
+PAIRS = {("softmax_cross_entropy", "softmax_cross_entropy_backward"): _sce_with_backward}
 
 INTO = {
     "matmul": _matmul,

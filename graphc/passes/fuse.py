@@ -48,8 +48,11 @@ def data_inputs(step) -> list:
     return [s for i, s in enumerate(step.inputs) if i not in skip]
 
 
-def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> list[Kernel]:
-    """Partition the plan's steps into kernels (see module docstring)."""
+def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
+          pairs=()) -> list[Kernel]:
+    """Partition the plan's steps into kernels (see module docstring). `pairs` names
+    (first op, second op) that the backend computes together in one kernel when the second
+    reads the first's inputs (softmax cross-entropy and its gradient)."""
     producer: dict[int, int] = {}  # slot -> index of its step
     for i, step in enumerate(plan.steps):
         producer[step.slot] = i
@@ -116,6 +119,8 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True) -> li
                 continue
         elif fuse and name in REDUCTIONS and _attach_reduction(
                 i, step, shapes, producer, owner, members, legal):
+            continue
+        elif fuse and _attach_pair(i, step, producer, owner, members, legal, pairs):
             continue
         else:
             k = Kernel("op", [step], data_inputs(step), [step.slot])
@@ -197,6 +202,28 @@ def _attach_reduction(i, step, shapes, producer, owner, members, legal) -> bool:
     members[id(k)] = bits
     owner[i] = k
     return True
+
+
+def _attach_pair(i, step, producer, owner, members, legal, pairs) -> bool:
+    """Join `step` to the single-op kernel of an earlier step it pairs with."""
+    for first_op, second_op in pairs:
+        if step.op.name != second_op:
+            continue
+        for k in {id(o): o for o in owner.values()}.values():
+            if k.kind != "op" or len(k.steps) != 1 or k.steps[0].op.name != first_op:
+                continue
+            first = k.steps[0]
+            if not set(data_inputs(first)) <= set(step.inputs):
+                continue
+            bits = members[id(k)] | 1 << i
+            if legal(bits, data_inputs(step)):
+                k.steps.append(step)
+                k.inputs = list(dict.fromkeys(k.inputs + data_inputs(step)))
+                k.outputs.append(step.slot)
+                members[id(k)] = bits
+                owner[i] = k
+                return True
+    return False
 
 
 def _indices(bits: int):
