@@ -105,7 +105,8 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
         k = kernels[k_idx]
         ps = next(slot for pp, slot in plan.params if pp is p)
         reads_view = any(base[i] == ps and i != ps for i in k.inputs)
-        if (k.kind == "fused" and k.shape == tuple(p.shape) and last.get(ps, -1) <= k_idx
+        out_shape = k.epilogue_shape if s in getattr(k, "epilogue", ()) else k.shape
+        if (k.kind == "fused" and out_shape == tuple(p.shape) and last.get(ps, -1) <= k_idx
                 and not reads_view and s not in plan.outputs):
             param_writes[s] = p
 
@@ -123,7 +124,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
             born[out] = i
             donor = None
             if k.kind == "fused" and (inplace_ok is None or inplace_ok(k)):
-                donor = next((s for s in k.inputs if s in alive and base[s] == s
+                donor = None if out in k.epilogue else next((s for s in k.inputs if s in alive and base[s] == s
                               and last.get(s) == i and size[s] == size[out]
                               and not any(base[v] == s and v != s for v in k.inputs)
                               and dtypes[s] == dtypes[out] and tuple(shapes[s]) == k.shape

@@ -162,6 +162,12 @@ class _Builder:
         slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
             [r[0] for r in expr.reductions]
         self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
+        epi = expr.epilogue
+        if epi is not None:  # elementwise work on the reductions' results, right after
+            epi_aliased = {j for j, (s, _) in enumerate(epi.outputs) if s in mem.param_writes}
+            self.ns[f"E{i}"] = codegen.compile_numpy(epi, epi_aliased)
+            slots = [s for s, _ in epi.inputs] + [s for s, _ in epi.outputs]
+            self.lines.append(f"    E{i}({', '.join(self.ref(s) for s in slots)})")
 
     def _updates(self):
         """Updates not written in place: snapshot values that alias a parameter first (so

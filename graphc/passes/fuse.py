@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 VIEW_OPS = {"reshape", "transpose", "expand_dims", "broadcast_to", "broadcast_like",
             "reshape_like", "getitem"}
 REDUCTIONS = {"sum", "mean", "sum_to_like"}
@@ -24,6 +26,14 @@ class Kernel:
     outputs: list = field(default_factory=list)  # slots written (materialized)
     shape: tuple = ()  # iteration shape of a fused group
     reductions: dict = field(default_factory=dict)  # out slot -> (member slot, axes, op)
+    # Elementwise steps over the reductions' results (a bias update after its gradient's
+    # sum), run once the main loop is done, over epilogue_shape.
+    epilogue: list = field(default_factory=list)  # slots
+    epilogue_shape: tuple | None = None
+
+    def late(self) -> set:
+        """Slots that exist only after the main loop: reductions and the epilogue."""
+        return set(self.reductions) | set(self.epilogue)
 
     @property
     def ops(self) -> list:
@@ -118,7 +128,7 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
             if k is None:
                 continue
         elif fuse and name in REDUCTIONS and _attach_reduction(
-                i, step, shapes, producer, owner, members, legal):
+                i, step, shapes, producer, owner, members, legal, kernels):
             continue
         elif fuse and _attach_pair(i, step, producer, owner, members, legal, pairs):
             continue
@@ -140,13 +150,36 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
     return _order(kernels, producer, owner)
 
 
+def _join_epilogue(i, step, shape, producer, owner, members, legal) -> bool:
+    """Join the epilogue of a group whose reduction (or epilogue) results `step` reads."""
+    for s in step.inputs:
+        k = owner.get(producer.get(s, -1))
+        if k is None or k.kind != "fused" or s not in k.late():
+            continue
+        mine = [x for x in step.inputs if owner.get(producer.get(x, -1)) is k]
+        if any(x not in k.late() for x in mine) or k.epilogue_shape not in (None, shape):
+            return False
+        bits = members[id(k)] | 1 << i
+        if not legal(bits, step.inputs):
+            return False
+        k.steps.append(step)
+        k.epilogue.append(step.slot)
+        k.epilogue_shape = shape
+        members[id(k)] = bits
+        owner[i] = k
+        return True
+    return False
+
+
 def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels):
     shape = tuple(shapes[step.slot])
+    if _join_epilogue(i, step, shape, producer, owner, members, legal):
+        return None
     candidates = []
     for s in step.inputs:
         k = owner.get(producer.get(s, -1))
         if k is not None and k.kind == "fused" and k.shape == shape and k not in candidates \
-                and not any(x in k.reductions for x in step.inputs):
+                and not any(x in k.late() for x in step.inputs):
             candidates.append(k)
     merged_bits = 1 << i
     chosen = []
@@ -154,14 +187,18 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
         bits = members[id(k)] | merged_bits
         if _reads_reduction_of(chosen, k) or _reads_reduction_of([k], *chosen):
             continue  # a reduction's result exists only after its whole group has run
+        if k.epilogue and any(c.epilogue for c in chosen):
+            continue  # one epilogue per group
         if legal(bits, _outside_inputs(bits, step, chosen + [k], producer)):
             chosen.append(k)
             merged_bits = bits
     if not chosen:
         k = Kernel("fused", [step], shape=shape)
         return k
-    target = chosen[0]
-    for other in chosen[1:]:
+    target = next((c for c in chosen if c.epilogue), chosen[0])
+    for other in chosen:
+        if other is target:
+            continue
         target.steps.extend(other.steps)
         target.reductions.update(other.reductions)
         for j in _indices(members[id(other)]):
@@ -175,7 +212,7 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
 
 
 def _reads_reduction_of(readers: list, *groups) -> bool:
-    reduced = {s for g in groups for s in g.reductions}
+    reduced = {s for g in groups for s in g.late()}
     return any(s in reduced for k in readers for st in k.steps for s in st.inputs)
 
 
@@ -187,10 +224,22 @@ def _outside_inputs(bits, step, ks, producer):
     return ins
 
 
-def _attach_reduction(i, step, shapes, producer, owner, members, legal) -> bool:
+def _attach_reduction(i, step, shapes, producer, owner, members, legal, kernels) -> bool:
     src = step.inputs[0]
     k = owner.get(producer.get(src, -1))
-    if k is None or k.kind != "fused" or tuple(shapes[src]) != k.shape:
+    if k is not None and k.kind == "op" and step.op.name != "mean" and \
+            np.dtype(step.node.dtype).kind == "f":
+        # a sum over an op's result (the last layer's bias gradient): a group of its own,
+        # so that elementwise work on the sum (the bias update) can join it
+        k = Kernel("fused", [], shape=tuple(shapes[src]))
+        k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.name)
+        k.steps.append(step)
+        kernels.append(k)
+        members[id(k)] = 1 << i
+        owner[i] = k
+        return True
+    if k is None or k.kind != "fused" or tuple(shapes[src]) != k.shape or k.epilogue \
+            or src in k.late():
         return False
     if step.op.name == "sum_to_like" and len(shapes[step.inputs[1]]) > len(k.shape):
         return False
@@ -240,8 +289,8 @@ def _finish(k: Kernel, shapes, readers, roots) -> None:
     member_slots = {st.slot for st in k.steps}
     k.inputs = list(dict.fromkeys(s for st in k.steps for s in data_inputs(st)
                                   if s not in member_slots))
-    k.outputs = [st.slot for st in k.steps
-                 if st.slot in roots or readers.get(st.slot, set()) - {id(k)}]
+    k.outputs = [st.slot for st in k.steps if st.slot in k.reductions or st.slot in roots
+                 or readers.get(st.slot, set()) - {id(k)}]
 
 
 def _order(kernels, producer, owner) -> list[Kernel]:
