@@ -179,6 +179,33 @@ class BoundPlan:
 
     __str__ = summary
 
+    def to_dot(self) -> str:
+        """Graphviz DOT of the graph: one node per step, fused groups drawn as clusters."""
+        lines = ["digraph graphc {", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
+        label = {}
+        for ph, s in self.plan.feeds:
+            label[s] = f"feed {ph.name}"
+        for p, s in self.plan.params:
+            label[s] = f"param {p.name}"
+        for c, s in self.plan.consts:
+            label[s] = "const"
+        for st in self.plan.steps:
+            label[st.slot] = f"%{st.slot} {st.op.name}\\n{_shape_str(self, st.slot)}"
+        for i, k in enumerate(self.kernels):
+            if k.kind == "fused":
+                lines.append(f"  subgraph cluster_{i} {{ label=\"kernel {i}\"; style=filled; "
+                             "color=lightgrey;")
+                lines += [f"    n{st.slot};" for st in k.steps]
+                lines.append("  }")
+        for s, text in label.items():
+            # labels are built from op names, slot numbers and escaped identifiers only
+            lines.append(f"  n{s} [label=\"{_dot_escape(text)}\"];")
+        for st in self.plan.steps:
+            for x in st.inputs:
+                lines.append(f"  n{x} -> n{st.slot};")
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
     def _buffers(self, k) -> str:
         mem = self.memory
         spots = []
@@ -190,6 +217,10 @@ class BoundPlan:
             elif s in mem.offsets:
                 spots.append(f"%{s} @{mem.offsets[s]}")
         return f"  [{'; '.join(spots)}]" if spots and k.kind != "view" else ""
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\\\\n", "\\n")
 
 
 def _fmt_shape(shape) -> str:

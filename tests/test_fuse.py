@@ -1,0 +1,120 @@
+"""Fusion: how many kernels a step becomes, and that fused kernels compute the same thing."""
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def _kernels(fn, kinds=("fused", "op")):
+    return [k for k in fn.plan.kernels if k.kind in kinds]
+
+
+def _mlp(sizes, batch, rng, act=gc.relu):
+    x = gc.placeholder("x", (None, sizes[0]))
+    t = gc.placeholder("t", (None,), dtype="int32")
+    h = x
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        h = h @ gc.parameter(f"w{i}", shape=(a, b), seed=i) + \
+            gc.parameter(f"b{i}", shape=(b,), init="normal", seed=10 + i)
+        if i < len(sizes) - 2:
+            h = act(h)
+    loss = gc.softmax_cross_entropy(h, t)
+    feeds = {"x": rng.normal(size=(batch, sizes[0])), "t": rng.integers(0, sizes[-1], batch)}
+    return loss, feeds
+
+
+def test_elementwise_chain_and_gradient_are_one_kernel(rng):
+    x = gc.placeholder("x", (None,))
+    y = x
+    for i in range(20):
+        y = [gc.tanh, lambda t: t * 1.1, gc.sigmoid, lambda t: t + 0.2][i % 4](y)
+    loss = gc.sum(y)
+    fn = gc.compile([loss, gc.grad(loss, x)])
+    fn(x=rng.normal(size=100_000))
+    kernels = _kernels(fn)
+    assert len(kernels) == 1 and kernels[0].kind == "fused"
+    assert len(kernels[0].steps) > 40  # forward, backward and the loss's sum together
+    ref = gc.compile([loss, gc.grad(loss, x)], optimize=False)
+    xv = rng.normal(size=100_000)
+    for a, b in zip(fn(x=xv), ref(x=xv)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_mlp_training_step_kernel_budget(rng):
+    sizes = (20, 32, 32, 5)
+    loss, feeds = _mlp(sizes, 16, rng)
+    fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+    fn(feeds)
+    kernels = _kernels(fn)
+    matmuls = sum(1 for k in kernels if k.ops == ["matmul"])
+    assert matmuls == 3 * 3 - 1  # forward, weight gradients, no gradient for the input x
+    loss_kernels = [k for k in kernels if k.ops[0] in ("softmax_cross_entropy", "mean")]
+    per_layer = (len(kernels) - matmuls - len(loss_kernels)) / (len(sizes) - 1)
+    assert per_layer <= 3, fn.plan
+    # bias gradient sum and bias update fused with the activation's backward
+    assert any({"where", "sum_to_like", "sub"} <= set(k.ops) for k in kernels)
+    assert all(s in fn.plan.memory.param_writes for _, s in fn.plan.plan.updates)
+
+
+def test_softmax_cross_entropy_and_gradient_share_a_kernel(rng):
+    logits = gc.placeholder("logits", (None, 7))
+    t = gc.placeholder("t", (None,), dtype="int32")
+    loss = gc.softmax_cross_entropy(logits, t)
+    fn = gc.compile([loss, gc.grad(loss, logits)])
+    lv, tv = rng.normal(size=(9, 7)), rng.integers(0, 7, 9)
+    got = fn(logits=lv, t=tv)
+    pair = [k for k in _kernels(fn) if len(k.steps) == 2 and k.kind == "op"]
+    assert [k.ops for k in pair] == [["softmax_cross_entropy", "softmax_cross_entropy_backward"]]
+    want = gc.compile([loss, gc.grad(loss, logits)], optimize=False)(logits=lv, t=tv)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_fusion_never_creates_a_cycle(rng):
+    """Regression: a group reading a value of another group that reads it back."""
+    a = gc.placeholder("a", (3, 4))
+    b = gc.placeholder("b", (4,))
+    f = lambda u, v: gc.where(u > v, u, v * 0.5)  # noqa: E731
+    y = gc.sum(f(a, b) * f(a, b) + f(a, b))
+    ga, gb = gc.grad(y, [a, b])
+    out = gc.sum(ga * ga) + gc.sum(gb * ga.sum())
+    feeds = {"a": rng.normal(size=(3, 4)), "b": rng.normal(size=4)}
+    np.testing.assert_allclose(gc.compile(out)(feeds), gc.compile(out, optimize=False)(feeds),
+                               rtol=1e-5)
+
+
+def test_plan_printout_shows_fused_ops_buffers_and_memory(rng):
+    loss, feeds = _mlp((8, 16, 3), 4, rng)
+    fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+    before = str(fn.plan)
+    assert before.startswith("Plan:")  # symbolic until the first call binds shapes
+    fn(feeds)
+    text = str(fn.plan)
+    assert text.startswith("Bound plan:") and "fused[add -> relu" in text
+    assert "into w0" in text and "(in place)" in text
+    assert "memory: arena" in text and "liveness lower bound" in text
+    dot = fn.plan.to_dot()
+    assert dot.startswith("digraph graphc {") and "subgraph cluster_" in dot
+
+
+def test_hostile_names_never_reach_generated_code(rng):
+    name = 'x"); __import__("os").system("echo owned'
+    x = gc.placeholder(name, (None, 3))
+    w = gc.parameter(name + "w", shape=(3, 2), seed=0)
+    fn = gc.compile(gc.mean(gc.tanh(x @ w) * 2.0), optimizer=gc.optim.SGD(0.1))
+    fn({x: rng.normal(size=(4, 3))})
+    bound, run = next(iter(fn._compiled.values()))
+    assert "owned" not in run.source
+    assert '\\"' in bound.to_dot() or "owned" not in bound.to_dot()
+
+
+@pytest.mark.parametrize("numba", ["0", "1"])
+def test_both_cpu_kernel_printers_agree(numba, monkeypatch, rng):
+    monkeypatch.setenv("GRAPHC_NUMBA", numba)
+    a = gc.placeholder("a", (None, 6))
+    b = gc.placeholder("b", (6,))
+    y = gc.where(a > b, a * b - 1.0, gc.maximum(a, -b)) / (gc.abs(b) + 1.0)
+    g = gc.grad(gc.sum(y * y), [a, b])
+    feeds = {"a": rng.normal(size=(5, 6)), "b": rng.normal(size=6)}
+    for got, want in zip(gc.compile([y, *g])(feeds), gc.compile([y, *g], optimize=False)(feeds)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
