@@ -80,7 +80,7 @@ def compile_sweep(quick, backend="numpy", log=print) -> dict:
             fn = gc.compile(gc.mean(y), optimizer=gc.optim.SGD(0.1), backend=backend)
             fn(x=np.ones((4, 8), np.float32))
             secs.append(time.perf_counter() - t0)
-            steps.append(len(fn.plan.steps))
+            steps.append(len(fn.symbolic_plan.steps))
     e = fit_exponent(steps, secs)
     if log:
         log(f"    compile graphc-{backend}: {steps[0]}..{steps[-1]} steps, "

@@ -29,6 +29,15 @@ ELEMENTWISE_CHAIN = [
 ]
 
 
+def apply_chain(x, tanh, sigmoid):
+    """ELEMENTWISE_CHAIN applied to x with a framework's tanh and sigmoid (mul and add are
+    the operators)."""
+    unary = {"tanh": tanh, "sigmoid": sigmoid}
+    for op, c in ELEMENTWISE_CHAIN:
+        x = x * c if op == "mul" else x + c if op == "add" else unary[op](x)
+    return x
+
+
 @dataclass(frozen=True)
 class Workload:
     """One benchmark row: a training step (or forward+gradient) of fixed sizes."""

@@ -6,28 +6,14 @@ graph: it can be optimized with the forward pass, compiled, and differentiated a
 """
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 
 from . import dtypes as _dt
 from .errors import GradientError, GraphError
-from .graph import Tensor, same_graph, source_scope, topo_order
+from .graph import Tensor, flatten_structure, same_graph, source_scope, topo_order
 from .ops import cast, sum_to_like, zeros_like
 from .ops.common import lift
-
-
-def _flatten(xs: Any) -> tuple[list[Tensor], Any]:
-    """Tensors in `xs` (a tensor, list, tuple or dict) and a function rebuilding the structure."""
-    if isinstance(xs, Tensor):
-        return [xs], lambda gs: gs[0]
-    if isinstance(xs, dict):
-        keys = list(xs)
-        return [xs[k] for k in keys], lambda gs: dict(zip(keys, gs))
-    if isinstance(xs, (list, tuple)):
-        kind = type(xs)
-        return list(xs), lambda gs: kind(gs)
-    raise GraphError(f"grad: wrt must be a tensor, list, tuple or dict of tensors, got {xs!r}")
 
 
 def _rules(node: Tensor):
@@ -42,7 +28,7 @@ def grad(y: Tensor, xs, grad_output=None):
     gradient flowing into y (vector-Jacobian product)."""
     if not isinstance(y, Tensor):
         raise GraphError(f"grad: y must be a tensor, got {y!r}")
-    targets, rebuild = _flatten(xs)
+    targets, rebuild = flatten_structure(xs, "grad: wrt")
     for x in targets:
         if not isinstance(x, Tensor):
             raise GraphError(f"grad: wrt entries must be tensors, got {x!r}")

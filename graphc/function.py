@@ -9,25 +9,13 @@ import numpy as np
 
 from . import dtypes as _dt
 from .errors import CompileError, FeedError
-from .graph import Parameter, Placeholder, Tensor, format_shape, same_graph
+from .graph import (Parameter, Placeholder, Tensor, flatten_structure, format_shape,
+                    same_graph)
 from .ops.common import lift
 from .ops.elementwise import cast
 from .plan import Plan, lower
 
 BACKENDS = ("numpy",)
-
-
-def _flatten_outputs(outputs: Any):
-    if isinstance(outputs, Tensor):
-        return [outputs], lambda vs: vs[0]
-    if isinstance(outputs, dict):
-        keys = list(outputs)
-        return [outputs[k] for k in keys], lambda vs: dict(zip(keys, vs))
-    if isinstance(outputs, (list, tuple)):
-        kind = type(outputs)
-        return list(outputs), lambda vs: kind(vs)
-    raise CompileError(f"compile: outputs must be a tensor, list, tuple or dict of tensors, "
-                       f"got {type(outputs).__name__}")
 
 
 def _loss_of(outputs: Any, flat: list) -> Tensor:
@@ -76,7 +64,7 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
     from .passes import DEFAULT_PASSES, Program, run_passes
     from .passes import simplify as _simplify
     pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
-    flat, rebuild = _flatten_outputs(outputs)
+    flat, rebuild = flatten_structure(outputs, "compile: outputs", CompileError)
     for t in flat:
         if not isinstance(t, Tensor):
             raise CompileError(f"compile: outputs must be tensors, got {t!r}")

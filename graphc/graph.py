@@ -359,6 +359,21 @@ def constant(value, dtype=None, name: str | None = None) -> Constant:
     return Constant(get_default_graph(), arr, name, user_source())
 
 
+def flatten_structure(obj: Any, what: str, error=GraphError):
+    """Tensors in `obj` (a tensor, list, tuple or dict) and a function that rebuilds the same
+    structure from a list of values."""
+    if isinstance(obj, Tensor):
+        return [obj], lambda vs: vs[0]
+    if isinstance(obj, dict):
+        keys = list(obj)
+        return [obj[k] for k in keys], lambda vs: dict(zip(keys, vs))
+    if isinstance(obj, (list, tuple)):
+        kind = type(obj)
+        return list(obj), lambda vs: kind(vs)
+    raise error(f"{what} must be a tensor, list, tuple or dict of tensors, "
+                f"got {type(obj).__name__}")
+
+
 def topo_order(outputs: Iterable[Tensor]) -> list[Tensor]:
     """Every ancestor of `outputs` (themselves included), inputs before users."""
     order: list[Tensor] = []

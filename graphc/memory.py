@@ -76,7 +76,6 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
     dtypes = [n.dtype for n in plan.nodes]
     size = [nbytes(shapes[s], dtypes[s]) for s in range(len(plan.nodes))]
     leaves = {s for _, s in plan.feeds} | {s for _, s in plan.params} | {s for _, s in plan.consts}
-    params = {s: p for p, s in plan.params}
     base = {s: s for s in range(len(plan.nodes))}
     for k in kernels:
         if k.kind in ("view", "alias"):

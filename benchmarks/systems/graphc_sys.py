@@ -5,12 +5,10 @@ import numpy as np
 
 import graphc as gc
 
-from ..workloads import ELEMENTWISE_CHAIN
+from ..workloads import apply_chain
 from . import Runner, System, gradient_fingerprint
 
 ACTIVATIONS = {"relu": gc.relu, "tanh": gc.tanh}
-CHAIN_OPS = {"mul": lambda t, c: t * c, "add": lambda t, c: t + c,
-             "tanh": lambda t, c: gc.tanh(t), "sigmoid": lambda t, c: gc.sigmoid(t)}
 
 
 def build_step(workload, data: dict, backend: str = "numpy"):
@@ -33,10 +31,7 @@ def build_step(workload, data: dict, backend: str = "numpy"):
             return fn, {"x": data["x"], "labels": data["labels"]}
         if workload.kind == "elementwise":
             x = gc.placeholder("x", (None,))
-            y = x
-            for op, c in ELEMENTWISE_CHAIN:
-                y = CHAIN_OPS[op](y, c)
-            loss = gc.sum(y)
+            loss = gc.sum(apply_chain(x, gc.tanh, gc.sigmoid))
             return gc.compile([loss, gc.grad(loss, x)], backend=backend), {"x": data["x"]}
         if workload.kind == "softmax_xent":
             logits = gc.placeholder("logits", (None, workload.classes))

@@ -13,7 +13,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import numpy as np  # noqa: E402
 
-from ..workloads import ELEMENTWISE_CHAIN  # noqa: E402
+from ..workloads import apply_chain  # noqa: E402
 from . import Runner, System, Unavailable, gradient_fingerprint  # noqa: E402
 
 
@@ -59,18 +59,7 @@ def _step_function(workload):
 
     if workload.kind == "elementwise":
         def chain_loss(x):
-            y = x
-            for op, c in ELEMENTWISE_CHAIN:
-                if op == "mul":
-                    y = y * c
-                elif op == "add":
-                    y = y + c
-                elif op == "tanh":
-                    y = jnp.tanh(y)
-                elif op == "sigmoid":
-                    y = jax.nn.sigmoid(y)
-                else:
-                    raise ValueError(f"unknown chain op {op!r}")
+            y = apply_chain(x, jnp.tanh, jax.nn.sigmoid)
             return jnp.sum(y)
 
         return jax.value_and_grad(chain_loss)

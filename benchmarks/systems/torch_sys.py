@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..workloads import ELEMENTWISE_CHAIN
+from ..workloads import apply_chain
 from . import Runner, System, Unavailable, gradient_fingerprint
 
 
@@ -46,18 +46,7 @@ def _loss_function(workload):
 
     if workload.kind == "elementwise":
         def chain_loss(x):
-            y = x
-            for op, c in ELEMENTWISE_CHAIN:
-                if op == "mul":
-                    y = y * c
-                elif op == "add":
-                    y = y + c
-                elif op == "tanh":
-                    y = torch.tanh(y)
-                elif op == "sigmoid":
-                    y = torch.sigmoid(y)
-                else:
-                    raise ValueError(f"unknown chain op {op!r}")
+            y = apply_chain(x, torch.tanh, torch.sigmoid)
             return y.sum()
 
         return chain_loss

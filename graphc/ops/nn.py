@@ -6,7 +6,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..errors import FeedError, GraphError
 from ..graph import Tensor
-from .common import lift, normalize_axes
+from .common import lift
 from .elementwise import _float, cast, exp, relu, sqrt, square
 from .registry import apply, fail, register
 from .reductions import mean, sum as _sum

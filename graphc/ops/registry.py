@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-import numpy as np
 
 from ..errors import ShapeError
 from ..graph import Tensor, format_shape, get_default_graph, same_graph, user_source

@@ -7,7 +7,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..errors import GradientError, GraphError
 from ..graph import Tensor
-from .common import broadcast_shapes, lift, normalize_axes
+from .common import broadcast_shapes, lift
 from .registry import apply, fail, register
 
 
