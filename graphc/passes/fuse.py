@@ -185,11 +185,15 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
     chosen = []
     for k in candidates:
         bits = members[id(k)] | merged_bits
-        if _reads_reduction_of(chosen, k) or _reads_reduction_of([k], *chosen):
-            continue  # a reduction's result exists only after its whole group has run
-        if k.epilogue and any(c.epilogue for c in chosen):
-            continue  # one epilogue per group
-        if legal(bits, _outside_inputs(bits, step, chosen + [k], producer)):
+        if chosen:  # merging groups: each one's inputs must not depend on the others
+            if _reads_reduction_of(chosen, k) or _reads_reduction_of([k], *chosen):
+                continue  # a reduction's result exists only after its whole group has run
+            if k.epilogue and any(c.epilogue for c in chosen):
+                continue  # one epilogue per group
+            inputs = _outside_inputs(bits, step, chosen + [k], producer)
+        else:  # joining one group: only the new step's inputs are new
+            inputs = list(step.inputs)
+        if legal(bits, inputs):
             chosen.append(k)
             merged_bits = bits
     if not chosen:
