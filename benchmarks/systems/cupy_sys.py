@@ -129,15 +129,8 @@ class Cupy(System):
         return CupyRunner(_cupy(), workload, data)
 
 
-class CupyGraph(System):
+class CupyGraph(Cupy):
     name = "cupy-graph"
-    device = "gpu"
-
-    def check(self):
-        _cupy()
-
-    def supports(self, workload):
-        return workload.kind in KINDS
 
     def build(self, workload, data):
         return CupyGraphRunner(_cupy(), workload, data)
