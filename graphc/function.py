@@ -60,7 +60,8 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
             optimize: bool = True, passes=None) -> "Function":  # noqa: A001
     """Compile outputs (tensor, list or dict), parameter updates and an optimizer's step into
     one plan; returns a callable Function. `optimize=False` skips the compiler passes;
-    `passes=[...]` (names from graphc.passes.PASSES or callables) replaces the default list."""
+    `passes=[...]` (names from graphc.passes.PASSES or callables, and "fuse" for kernel
+    fusion) replaces the default list."""
     from .passes import DEFAULT_PASSES, Program, run_passes
     from .passes import simplify as _simplify
     pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
@@ -84,7 +85,8 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
                                    f"`updates` and by the optimizer")
             updates[p] = v
     pairs = _check_updates(updates, flat[0].graph if flat else None)
-    program = run_passes(Program(tuple(flat), tuple(pairs)), pipeline)
+    graph_passes = [p for p in pipeline if p != "fuse"]  # fusion happens when shapes bind
+    program = run_passes(Program(tuple(flat), tuple(pairs)), graph_passes)
     plan = lower(list(program.outputs), list(program.updates))
     return Function(plan, rebuild, _resolve_backend(backend), fuse=optimize and passes is None
                     or "fuse" in pipeline)

@@ -141,3 +141,16 @@ def test_scalar_outputs_are_arrays():
     x = gc.placeholder("x", ())
     out = gc.compile(x * 2.0)(x=3.0)
     assert isinstance(out, np.ndarray) and out.shape == () and out == 6.0
+
+
+def test_calls_from_eight_threads_are_serialized_and_correct(rng):
+    from concurrent.futures import ThreadPoolExecutor
+    x = gc.placeholder("x", (None, 16))
+    w = gc.parameter("w", shape=(16, 16), seed=0)
+    fn = gc.compile(gc.tanh(x @ w) * 2.0 + 1.0)
+    inputs = [rng.normal(size=(32, 16)).astype(np.float32) for _ in range(64)]
+    want = [np.tanh(a @ w.value) * 2 + 1 for a in inputs]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda a: fn(x=a), inputs))
+    for g, e in zip(got, want):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)

@@ -132,6 +132,9 @@ def test_compile_passes_argument():
     y = gc.exp(x) + gc.exp(x)
     fn = gc.compile(y, passes=["cse"])
     assert [s.op.name for s in fn.symbolic_plan.steps].count("exp") == 1
+    fused = gc.compile(gc.tanh(y) * 2.0, passes=["cse", "fuse"])
+    fused(x=np.ones(3))
+    assert [k.kind for k in fused.plan.kernels].count("fused") == 1
     fn = gc.compile(y, optimize=False)
     assert [s.op.name for s in fn.symbolic_plan.steps].count("exp") == 2
     assert set(DEFAULT_PASSES) <= {"simplify", "fold", "cse", "dce"}
