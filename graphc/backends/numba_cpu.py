@@ -20,7 +20,7 @@ from .codegen import FusedExpr
 SCALAR = {
     "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
     "neg": "(-{0})", "abs": "abs({0})", "square": "({0} * {0})",
-    "relu": "({0} if {0} > ZERO else ZERO)",
+    "relu": "({0} if {0} > ZERO_{dt} else ZERO_{dt})",
     "maximum": "({0} if ({0} > {1} or {0} != {0}) else {1})",
     "minimum": "({0} if ({0} < {1} or {0} != {0}) else {1})",
     "greater": "({0} > {1})", "greater_equal": "({0} >= {1})", "less": "({0} < {1})",
@@ -82,9 +82,12 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
             code = f"{tname}({args[0]})"
         elif ins.op == "leaky_relu":
             consts[f"S{j}"] = dt.type(ins.attrs["negative_slope"])
-            code = f"({args[0]} if {args[0]} > ZERO else {args[0]} * S{j})"
+            consts[f"ZERO_{dt.name}"] = dt.type(0)
+            code = f"({args[0]} if {args[0]} > ZERO_{dt.name} else {args[0]} * S{j})"
         else:
-            code = SCALAR[ins.op].format(*args)
+            if ins.op == "relu":
+                consts[f"ZERO_{dt.name}"] = dt.type(0)
+            code = SCALAR[ins.op].format(*args, dt=dt.name)
             if dt.kind == "f" and ins.op not in ("greater", "greater_equal", "less", "equal"):
                 code = f"{tname}({code})"  # keep float32 float32 whatever Python promotes
         body.append(f"t{j} = {code}")
@@ -94,7 +97,6 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
     for k, (_, j, axes, _, _) in enumerate(expr.reductions):
         r_idx = [("0" if d in axes else v) for d, v in enumerate(loop_vars)]
         body.append(f"a{k}[{', '.join(r_idx)}] += t{j}" if r_idx else f"a{k}[()] += t{j}")
-    consts["ZERO"] = np.float32(0) if not expr.instrs else np.dtype(expr.instrs[0].dtype).type(0)
     lines = ["import math", "import numpy as np", "import numba", "",
              "@numba.njit(cache=True, nogil=True, error_model='numpy')",
              f"def kernel({', '.join(params + sorted(consts))}):"]
