@@ -97,9 +97,18 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
     for k, (_, j, axes, _, _) in enumerate(expr.reductions):
         r_idx = [("0" if d in axes else v) for d, v in enumerate(loop_vars)]
         body.append(f"a{k}[{', '.join(r_idx)}] += t{j}" if r_idx else f"a{k}[()] += t{j}")
-    lines = ["import math", "import numpy as np", "import numba", "",
-             "@numba.njit(cache=True, nogil=True, error_model='numpy')",
-             f"def kernel({', '.join(params + sorted(consts))}):"]
+    # constants are module globals, which Numba freezes into the machine code (and the
+    # source hash, hence the cache key, covers their values)
+    lines = ["import math", "import numpy as np", "import numba", ""]
+    for name in sorted(consts):
+        value = consts[name]
+        if isinstance(value, type):
+            lines.append(f"{name} = np.{np.dtype(value).name}")
+        else:
+            lines.append(f"{name} = np.{np.dtype(type(value)).name}"
+                         f"(float.fromhex('{float(value).hex()}'))")
+    lines += ["", "@numba.njit(cache=True, nogil=True, error_model='numpy')",
+              f"def kernel({', '.join(params)}):"]
     indent = "    "
     for d, v in enumerate(loop_vars):
         lines.append(f"{indent}for {v} in range({shape[d]}):")
@@ -129,9 +138,8 @@ def _load(source: str):
 
 def compile_numba(expr: FusedExpr):
     """A callable kernel(*inputs, *outputs, *reductions) running one Numba loop nest."""
-    source, consts = print_numba(expr)
+    source, _ = print_numba(expr)
     jit = _load(source)
-    const_args = [consts[k] for k in sorted(consts)]
     shape = expr.shape
     reds = []
     for _, _, axes, kind, _ in expr.reductions:
@@ -145,7 +153,7 @@ def compile_numba(expr: FusedExpr):
         for acc, _, _ in reds:
             acc[...] = 0.0
             accs.append(acc)
-        jit(*arrays[:n_in + n_out], *accs, *const_args)
+        jit(*arrays[:n_in + n_out], *accs)
         for (acc, kd, count), out in zip(reds, arrays[n_in + n_out:]):
             if count != 1:
                 acc /= count
