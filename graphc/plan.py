@@ -3,7 +3,7 @@ buffer slots, built once per compile. Binding a plan to concrete feed shapes (on
 set of None sizes) gives every slot a concrete shape, which backends compile against."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import FeedError
 from .graph import Constant, Parameter, Placeholder, Tensor, format_shape, topo_order
@@ -34,7 +34,6 @@ class Plan:
     steps: list  # [Step]
     outputs: list  # output slots, in the user's (flattened) order
     updates: list  # [(parameter, slot of its new value)]
-    last_use: dict = field(default_factory=dict)  # slot -> index of the last step reading it
 
     def bind(self, feed_shapes: dict) -> list:
         """Concrete shape of every slot for these feed shapes (placeholder -> shape)."""
@@ -117,13 +116,9 @@ def lower(outputs: list, updates: list) -> Plan:
         if n.inputs:
             new_slot(n)
             steps.append(Step(slot_of[id(n)], n, tuple(slot_of[id(x)] for x in n.inputs)))
-    plan = Plan(nodes, [(n, slot_of[id(n)]) for n in feeds], [(n, slot_of[id(n)]) for n in params],
+    return Plan(nodes, [(n, slot_of[id(n)]) for n in feeds], [(n, slot_of[id(n)]) for n in params],
                 [(n, slot_of[id(n)]) for n in consts], steps,
                 [slot_of[id(n)] for n in outputs], [(p, slot_of[id(v)]) for p, v in updates])
-    for i, step in enumerate(steps):
-        for s in step.inputs:
-            plan.last_use[s] = i
-    return plan
 
 
 

@@ -328,23 +328,18 @@ class ExpertRunner(Runner):
 class NumpyNaive(System):
     name = "numpy-naive"
     device = "cpu"
+    runner = NaiveRunner
 
     def supports(self, workload):
         return workload.kind in KINDS
 
     def build(self, workload, data):
-        return NaiveRunner(workload, data)
+        return self.runner(workload, data)
 
 
-class NumpyExpert(System):
+class NumpyExpert(NumpyNaive):
     name = "numpy-expert"
-    device = "cpu"
-
-    def supports(self, workload):
-        return workload.kind in KINDS
-
-    def build(self, workload, data):
-        return ExpertRunner(workload, data)
+    runner = ExpertRunner
 
 
 SYSTEMS = [NumpyNaive, NumpyExpert]

@@ -99,22 +99,23 @@ UFUNCS = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide",
           "equal": "equal", "pow": "power", "sign": "sign"}
 
 
-def _emit(ins: Instr, args: list, out: str, k: int) -> tuple[list, bool]:
-    """Lines computing `ins` into array `out`; True when out may alias an argument."""
+def _emit(ins: Instr, args: list, out: str, k: int) -> list:
+    """Lines computing `ins` into array `out` (never one of its arguments' tiles: the caller
+    takes the output tile before it frees the operands')."""
     if ins.op in UFUNCS:
-        return [f"np.{UFUNCS[ins.op]}({', '.join(args)}, out={out})"], True
+        return [f"np.{UFUNCS[ins.op]}({', '.join(args)}, out={out})"]
     a = args[0] if args else None
     if ins.op == "relu":
-        return [f"np.maximum({a}, 0, out={out})"], True
+        return [f"np.maximum({a}, 0, out={out})"]
     if ins.op == "sigmoid":  # 1/(1+e^-x) = (1 + tanh(x/2)) / 2: stable and SIMD-fast
         return [f"np.multiply({a}, 0.5, out={out})", f"np.tanh({out}, out={out})",
-                f"np.multiply({out}, 0.5, out={out})", f"np.add({out}, 0.5, out={out})"], True
+                f"np.multiply({out}, 0.5, out={out})", f"np.add({out}, 0.5, out={out})"]
     if ins.op == "cast":
-        return [f"np.copyto({out}, {a}, casting='unsafe')"], True
+        return [f"np.copyto({out}, {a}, casting='unsafe')"]
     if ins.op == "where":
-        return [f"np.copyto({out}, {args[2]})", f"np.copyto({out}, {args[1]}, where={a})"], False
+        return [f"np.copyto({out}, {args[2]})", f"np.copyto({out}, {args[1]}, where={a})"]
     # every other op: its NumPy reference on the tile, copied into place
-    return [f"np.copyto({out}, R{k}({', '.join(args)}), casting='unsafe')"], False
+    return [f"np.copyto({out}, R{k}({', '.join(args)}), casting='unsafe')"]
 
 
 def _last_uses(expr: FusedExpr) -> dict:
@@ -174,12 +175,12 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
         direct = j in out_of and out_of[j] not in aliased_outputs
         if direct:
             target = sl(f"o{out_of[j]}", shape)
-            lines, _ = _emit(ins, args, target, j)
+            lines = _emit(ins, args, target, j)
         else:
             t = take(ins.dtype)
             temp_of[j] = t
             target = f"s{t}[:n]" if tiled else f"s{t}"
-            lines, _ = _emit(ins, args, target, j)
+            lines = _emit(ins, args, target, j)
         body.extend(lines)
         loc[j] = target
         for kind, i in ins.args:  # operands dying here hand their tile back

@@ -112,9 +112,8 @@ class _Builder:
         return run
 
     def _canonical(self, slot):
-        for k in self.bp.kernels:
-            if k.kind == "alias" and k.outputs[0] == slot:
-                return k.inputs[0]
+        while slot in self.bp.aliased:
+            slot = self.bp.aliased[slot]
         return slot
 
     def _const(self, i, k):

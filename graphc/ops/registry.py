@@ -2,7 +2,7 @@
 reference and its gradient rules written in graph ops."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 
@@ -32,7 +32,6 @@ class OpDef:
     # (reshape/sum_to/broadcast to the shape it already has): backends alias instead of run.
     noop_if_same_shape: bool = False
     doc: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
