@@ -47,3 +47,11 @@ def test_agreement_rule():
     grad = np.array([1.0, 1e-3, 4.0])  # loss, sum(g) ~ 0, sum(g^2)
     assert agrees(grad, grad + [0, 1e-3, 0], tf32=False)
     assert not agrees(grad, grad + [0, 0, 0.1], tf32=False)
+
+
+def test_compile_time_reports_the_three_situations():
+    from benchmarks import compile_time
+    r = compile_time.measure("mlp-s", repeats=1)
+    for key in ("cold_s", "disk_cache_s", "in_process_s", "numba_import_and_init_s"):
+        assert np.isfinite(r[key]) and r[key] >= 0.0
+    assert r["workload"] == "mlp-s"

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from graphc.backends import numba_cpu
 
 
 def _kernels(fn, kinds=("fused", "op")):
@@ -111,6 +112,7 @@ def test_hostile_names_never_reach_generated_code(rng):
 @pytest.mark.parametrize("numba", ["0", "1"])
 def test_both_cpu_kernel_printers_agree(numba, monkeypatch, rng):
     monkeypatch.setenv("GRAPHC_NUMBA", numba)
+    monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 0)  # Numba even for these tiny groups
     a = gc.placeholder("a", (None, 6))
     b = gc.placeholder("b", (6,))
     y = gc.where(a > b, a * b - 1.0, gc.maximum(a, -b)) / (gc.abs(b) + 1.0)
@@ -118,3 +120,18 @@ def test_both_cpu_kernel_printers_agree(numba, monkeypatch, rng):
     feeds = {"a": rng.normal(size=(5, 6)), "b": rng.normal(size=6)}
     for got, want in zip(gc.compile([y, *g])(feeds), gc.compile([y, *g], optimize=False)(feeds)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_numba_kernels_serve_every_batch_size(monkeypatch, rng):
+    monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 0)
+    compiled = []
+    original = numba_cpu.compile_numba
+    monkeypatch.setattr(numba_cpu, "compile_numba",
+                        lambda expr: compiled.append(original(expr)) or compiled[-1])
+    x = gc.placeholder("x", (None, 7))
+    fn = gc.compile(gc.relu(x * 3.0 - 1.0))
+    for batch in (4, 9):
+        xv = rng.normal(size=(batch, 7)).astype(np.float32)
+        np.testing.assert_allclose(fn(x=xv), np.maximum(xv * 3.0 - 1.0, 0), rtol=1e-6)
+    assert len(compiled) == 2 and compiled[0].source == compiled[1].source

@@ -40,9 +40,16 @@ def available() -> bool:
         return False
 
 
+# Below this many elements a NumPy ufunc chain costs a few microseconds, less than the
+# 0.1-0.2 s Numba takes to compile one more kernel on a cold cache.
+MIN_ELEMENTS = 1 << 14
+
+
 def suits(expr: FusedExpr) -> bool:
-    """Numba pays for groups of cheap arithmetic only (see the module docstring)."""
-    return available() and all(i.op in NUMBA_OPS for i in expr.instrs)
+    """Numba pays for big groups of cheap arithmetic only (see the module docstring)."""
+    size = int(np.prod(expr.shape, dtype=np.int64))
+    return (size >= MIN_ELEMENTS and all(i.op in NUMBA_OPS for i in expr.instrs)
+            and available())
 
 
 def cache_dir() -> str:
@@ -62,14 +69,16 @@ def _index(in_shape, shape, loop_vars) -> str:
 
 
 def print_numba(expr: FusedExpr) -> tuple[str, dict]:
-    """Source of `kernel(*inputs, *outputs, *accumulators)` (accumulators: float64, the
-    reductions' keepdims shapes) and the constants it names."""
+    """Source of `kernel(*inputs, *outputs, *accumulators, *extents)` (accumulators: float64,
+    the reductions' keepdims shapes; extents: the iteration shape) and the constants it
+    names. Extents are arguments, not literals, so one compiled kernel serves every shape
+    with the same broadcasting pattern (a new batch size compiles nothing)."""
     shape = expr.shape
     loop_vars = [f"j{d}" for d in range(len(shape))]
     consts: dict = {}
     n_in, n_out, n_red = len(expr.inputs), len(expr.outputs), len(expr.reductions)
     params = [f"i{k}" for k in range(n_in)] + [f"o{k}" for k in range(n_out)] + \
-        [f"a{k}" for k in range(n_red)]
+        [f"a{k}" for k in range(n_red)] + [f"n{d}" for d in range(len(shape))]
     body = []
     for k, (_, in_shape) in enumerate(expr.inputs):
         body.append(f"x{k} = i{k}{_index(in_shape, shape, loop_vars)}")
@@ -111,7 +120,7 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
               f"def kernel({', '.join(params)}):"]
     indent = "    "
     for d, v in enumerate(loop_vars):
-        lines.append(f"{indent}for {v} in range({shape[d]}):")
+        lines.append(f"{indent}for {v} in range(n{d}):")
         indent += "    "
     lines += [indent + b for b in body]
     return "\n".join(lines) + "\n", consts
@@ -153,7 +162,7 @@ def compile_numba(expr: FusedExpr):
         for acc, _, _ in reds:
             acc[...] = 0.0
             accs.append(acc)
-        jit(*arrays[:n_in + n_out], *accs)
+        jit(*arrays[:n_in + n_out], *accs, *shape)
         for (acc, kd, count), out in zip(reds, arrays[n_in + n_out:]):
             if count != 1:
                 acc /= count
