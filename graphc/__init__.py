@@ -2,11 +2,13 @@
 
 Declare a graph once, ask for symbolic gradients, compile outputs, gradients and parameter
 updates into one execution plan, and run it."""
-from . import optim, testing  # noqa: F401
+from . import data, io, optim, testing  # noqa: F401
 from .autodiff import grad
 from .errors import (CompileError, FeedError, GradientError, GraphcError,  # noqa: F401
                      GraphError, ShapeError)
+from .data import DataError  # noqa: F401
 from .function import Function, compile
+from .io import CheckpointError, load, save  # noqa: F401
 from .graph import (Graph, Parameter, Placeholder, Tensor, constant,  # noqa: F401
                     get_default_graph, parameter, placeholder, reset_default_graph)
 from .ops import (abs, add, binary_cross_entropy_with_logits, broadcast_to, cast,  # noqa: F401
@@ -22,5 +24,5 @@ __all__ = [
     "Graph", "Tensor", "Placeholder", "Parameter", "Function", "placeholder", "parameter",
     "constant", "get_default_graph", "reset_default_graph", "grad", "compile", "optim",
     "testing", "GraphcError", "GraphError", "ShapeError", "FeedError", "GradientError",
-    "CompileError",
+    "CompileError", "DataError", "CheckpointError", "data", "io", "save", "load",
 ]

@@ -1,0 +1,129 @@
+"""Checkpoints: every parameter of a graph (weights and optimizer state) in one versioned
+`.npz`, written atomically so that a crash mid-save leaves the previous file intact."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import GraphcError
+from .graph import Graph, Parameter
+
+FORMAT = "graphc-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(GraphcError):
+    """A checkpoint cannot be written, read, or does not fit the graph it is loaded into."""
+
+
+def _parameters(target) -> list[Parameter]:
+    """The parameters of a Graph, a Function (its graph's), a model (its `.parameters()`),
+    or a list of Parameters."""
+    from .function import Function
+    if isinstance(target, Graph):
+        return target.parameters()
+    if isinstance(target, Function):
+        nodes = target.symbolic_plan.nodes
+        if not nodes:
+            return []
+        return nodes[0].graph.parameters()
+    if hasattr(target, "graph") and isinstance(target.graph, Graph):
+        return target.graph.parameters()
+    if isinstance(target, (list, tuple)) and all(isinstance(p, Parameter) for p in target):
+        return list(target)
+    raise CheckpointError(f"save/load need a Graph, a Function or a list of parameters, "
+                          f"got {type(target).__name__}")
+
+
+def save(path: str | os.PathLike, target, extra: dict | None = None) -> None:
+    """Write every parameter of `target` (Graph, Function or parameter list) to `path`,
+    with `extra` (JSON-serialisable: epoch, scheduler state...) alongside."""
+    path = os.fspath(path)
+    params = _parameters(target)
+    meta = {"format": FORMAT, "version": VERSION,
+            "names": [p.name for p in params], "extra": extra or {}}
+    try:
+        meta_json = json.dumps(meta)
+    except TypeError as e:
+        raise CheckpointError(f"save: `extra` must be JSON-serialisable ({e})") from e
+    arrays = {f"p{i}": p._value for i, p in enumerate(params)}
+    arrays["meta"] = np.frombuffer(meta_json.encode(), np.uint8)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".graphc-ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read(path: str | os.PathLike) -> tuple[dict, dict]:
+    """({parameter name: array}, extra) from a checkpoint file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "meta" not in z.files:
+                raise CheckpointError(f"{path}: not a graphc checkpoint (no metadata)")
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path}: not a graphc checkpoint")
+            if meta.get("version") != VERSION:
+                raise CheckpointError(f"{path}: checkpoint version {meta.get('version')} is "
+                                      f"not supported (this graphc reads {VERSION})")
+            values = {name: z[f"p{i}"] for i, name in enumerate(meta["names"])}
+    except CheckpointError:
+        raise
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError,
+            UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: truncated or not a graphc checkpoint "
+                              f"({type(e).__name__}: {e})") from e
+    return values, meta.get("extra", {})
+
+
+def load(path: str | os.PathLike, target, strict: bool = True) -> dict:
+    """Restore `target`'s parameters from `path` by name and return the saved `extra`.
+    strict: every parameter must be in the file and every saved value must be used."""
+    path = os.fspath(path)
+    values, extra = read(path)
+    params = _parameters(target)
+    by_name = {p.name: p for p in params}
+    if strict:
+        missing = sorted(set(by_name) - set(values))
+        unused = sorted(set(values) - set(by_name))
+        if missing or unused:
+            raise CheckpointError(
+                f"{path} does not match the graph: " +
+                (f"missing {missing}" if missing else "") +
+                ("; " if missing and unused else "") +
+                (f"not in the graph {unused}" if unused else "") +
+                " (load(..., strict=False) restores the parameters present in both)")
+    for name, p in by_name.items():
+        if name not in values:
+            continue
+        v = values[name]
+        if v.shape != p.shape or v.dtype != p.dtype:
+            raise CheckpointError(f"{path}: '{name}' is saved as {v.shape} {v.dtype} but the "
+                                  f"parameter is {p.shape} {p.dtype}")
+    for name, p in by_name.items():
+        if name in values:
+            p._value[...] = values[name]
+    return extra
