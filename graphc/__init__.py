@@ -2,13 +2,14 @@
 
 Declare a graph once, ask for symbolic gradients, compile outputs, gradients and parameter
 updates into one execution plan, and run it."""
-from . import data, io, optim, testing  # noqa: F401
+from . import data, io, nn, optim, testing, train  # noqa: F401
 from .autodiff import grad
 from .errors import (CompileError, FeedError, GradientError, GraphcError,  # noqa: F401
                      GraphError, ShapeError)
 from .data import DataError  # noqa: F401
 from .function import Function, compile
 from .io import CheckpointError, load, save  # noqa: F401
+from .train import fit  # noqa: F401
 from .graph import (Graph, Parameter, Placeholder, Tensor, constant,  # noqa: F401
                     get_default_graph, parameter, placeholder, reset_default_graph)
 from .ops import (abs, add, binary_cross_entropy_with_logits, broadcast_to, cast,  # noqa: F401
@@ -17,6 +18,7 @@ from .ops import (abs, add, binary_cross_entropy_with_logits, broadcast_to, cast
                   maximum, mean, min, minimum, mse_loss, mul, neg, one_hot, pairwise_distance,
                   pow, relu, reshape, sigmoid, sign, softmax, softmax_cross_entropy, softplus,
                   sqrt, square, sub, sum, tanh, transpose, triplet_loss, where, zeros_like)
+from .ops import dropout, random_uniform  # noqa: F401
 
 __version__ = "0.1.0"
 
@@ -24,5 +26,5 @@ __all__ = [
     "Graph", "Tensor", "Placeholder", "Parameter", "Function", "placeholder", "parameter",
     "constant", "get_default_graph", "reset_default_graph", "grad", "compile", "optim",
     "testing", "GraphcError", "GraphError", "ShapeError", "FeedError", "GradientError",
-    "CompileError", "DataError", "CheckpointError", "data", "io", "save", "load",
+    "CompileError", "DataError", "CheckpointError", "data", "io", "save", "load", "nn", "train", "fit",
 ]

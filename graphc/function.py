@@ -56,6 +56,18 @@ def _check_updates(updates: dict, graph) -> list:
     return pairs
 
 
+def _advance_random_streams(flat: list, updates: dict) -> None:
+    """A step that draws random numbers advances its graph's counter by one per call."""
+    from .graph import topo_order
+    values = [v for v in updates.values() if isinstance(v, Tensor)]
+    for node in topo_order(flat + values):
+        if node.op.name == "random_uniform":
+            counter = node.inputs[0]
+            if counter not in updates:
+                updates[counter] = counter + 1
+            return
+
+
 def compile(outputs, updates: dict | None = None, optimizer=None, backend: str = "numpy",
             optimize: bool = True, passes=None) -> "Function":  # noqa: A001
     """Compile outputs (tensor, list or dict), parameter updates and an optimizer's step into
@@ -84,6 +96,7 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
                 raise CompileError(f"compile: parameter '{p.name}' is updated both by "
                                    f"`updates` and by the optimizer")
             updates[p] = v
+    _advance_random_streams(flat, updates)
     pairs = _check_updates(updates, flat[0].graph if flat else None)
     graph_passes = [p for p in pipeline if p != "fuse"]  # fusion happens when shapes bind
     program = run_passes(Program(tuple(flat), tuple(pairs)), graph_passes)
@@ -199,5 +212,6 @@ class Function:
         return self._rebuild(list(outs))
 
     def __repr__(self) -> str:
-        return (f"<graphc.Function backend={self.backend} steps={len(self.plan.steps)} "
+        return (f"<graphc.Function backend={self.backend} "
+                f"steps={len(self.symbolic_plan.steps)} "
                 f"feeds={[ph.name for ph in self._feeds]}>")

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import graphc as gc
 
@@ -47,3 +48,88 @@ def test_training_step_matches_manual_numpy(rng):
     p /= p.sum(1, keepdims=True)
     p[np.arange(6), tv] -= 1
     np.testing.assert_allclose(w.value, w0 - 0.5 * xv.T @ p / 6, rtol=1e-12)
+
+
+# --- fit ----------------------------------------------------------------------------------
+def _blob_model():
+    return gc.nn.Sequential(gc.nn.Dense(2, 32, activation="tanh"), gc.nn.Dense(32, 3))
+
+
+def test_fit_mini_batch_with_validation_metrics_and_history(rng):
+    x, y = _blobs(rng, 400)
+    h = gc.fit(_blob_model(), (x[:300], y[:300]), epochs=6, batch_size=32,
+               optimizer=gc.optim.Adam(lr=0.02), validation=(x[300:], y[300:]), progress=False)
+    assert h.epochs == list(range(6))
+    assert set(h.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert h.history["loss"][-1] < 0.5 * h.history["loss"][0]
+    assert h.history["val_accuracy"][-1] > 0.9
+    # 300 = 9 batches of 32 + one of 12: two bound plans, compiled once each
+    assert len(h.step._compiled) == 2
+    assert gc.train.evaluate(h, (x[300:], y[300:]))["accuracy"] == h.history["val_accuracy"][-1]
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_fit_full_batch_and_stochastic(batch_size, rng):
+    x, y = _blobs(rng, 60)
+    h = gc.fit(_blob_model(), (x, y), epochs=3, batch_size=batch_size,
+               optimizer=gc.optim.SGD(lr=0.05), progress=False)
+    assert len(h.step._compiled) == 1
+    assert h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_fit_a_compiled_step(rng):
+    x, y = _blobs(rng, 100)
+    xp = gc.placeholder("x", (None, 2))
+    tp = gc.placeholder("t", (None,), dtype="int32")
+    loss = gc.softmax_cross_entropy(_blob_model()(xp), tp)
+    step = gc.compile({"loss": loss}, optimizer=gc.optim.SGD(lr=0.1, momentum=0.9))
+    h = gc.fit(step, {"x": x, "t": y}, epochs=4, batch_size=20, progress=False)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+
+
+def test_early_stopping_restores_the_best_weights(rng):
+    x, y = _blobs(rng, 200)
+    model = _blob_model()
+    # min_delta so large that no later epoch counts as better: stops after epoch 2 and puts
+    # back epoch 1's weights
+    stopper = gc.train.EarlyStopping(monitor="val_loss", patience=1, min_delta=100.0)
+    h = gc.fit(model, (x[:100], y[:100]), epochs=30, batch_size=10,
+               validation=(x[100:], y[100:]), optimizer=gc.optim.SGD(lr=0.1),
+               callbacks=[stopper], progress=False)
+    assert h.stopped_early and h.epochs == [0, 1]
+    assert stopper.best == h.history["val_loss"][0] != h.history["val_loss"][1]
+    assert gc.train.evaluate(h, (x[100:], y[100:]))["loss"] == pytest.approx(
+        h.history["val_loss"][0], rel=1e-6)
+
+
+def test_checkpoint_and_resume_continue_the_same_trajectory(tmp_path, rng):
+    x, y = _blobs(rng, 120)
+
+    def run(epochs, **kw):
+        with gc.Graph():
+            model = gc.nn.Sequential(gc.nn.Dense(2, 16, activation="relu"), gc.nn.Dropout(0.2),
+                                     gc.nn.Dense(16, 3))
+            opt = gc.optim.Adam(lr=0.01)
+            sched = gc.optim.StepLR(opt, step_size=2, gamma=0.5)
+            h = gc.fit(model, (x, y), epochs=epochs, batch_size=16, optimizer=opt,
+                       schedule=sched, progress=False, **kw)
+            return h, [p.value for p in model.parameters()]
+
+    full, w_full = run(5)
+    run(3, callbacks=[gc.train.ModelCheckpoint(str(tmp_path / "ck.npz"))])
+    resumed, w_res = run(5, resume_from=str(tmp_path / "ck.npz"))
+    assert resumed.epochs == [3, 4]
+    assert resumed.history["loss"] == full.history["loss"][3:]
+    assert resumed.history["lr"] == full.history["lr"][3:]
+    for a, b in zip(w_full, w_res):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_errors_are_explained(rng):
+    x, y = _blobs(rng, 10)
+    with pytest.raises(gc.train.TrainError, match="unknown loss"):
+        gc.fit(_blob_model(), (x, y), loss="l7", progress=False)
+    with pytest.raises(gc.train.TrainError, match="differ in length"):
+        gc.fit(_blob_model(), (x, y[:5]), progress=False)
+    with pytest.raises(gc.train.TrainError, match="the loss became nan"):
+        gc.fit(_blob_model(), (x * np.nan, y), progress=False)

@@ -10,3 +10,4 @@ from .linalg import matmul  # noqa: F401
 from .nn import (binary_cross_entropy_with_logits, hinge_loss, log_softmax,  # noqa: F401
                  mse_loss, one_hot, pairwise_distance, softmax, softmax_cross_entropy,
                  triplet_loss)
+from .random import dropout, random_uniform  # noqa: F401

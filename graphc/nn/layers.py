@@ -1,0 +1,128 @@
+"""Dense, Flatten, Dropout, activations and Sequential."""
+from __future__ import annotations
+
+import math
+
+from .. import ops
+from ..errors import GraphError
+from ..graph import Tensor
+from .module import Module
+
+
+class Dense(Module):
+    """torch.nn.Linear: y = x @ weight.T + bias, weight of shape (out, in), both initialised
+    U(-1/sqrt(in), 1/sqrt(in)). An optional activation name ("relu", "tanh", ...) follows."""
+
+    kind = "dense"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 activation: str | None = None, dtype="float32", name: str | None = None):
+        super().__init__(name)
+        bound = 1.0 / math.sqrt(in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = self._param("weight", self._uniform((out_features, in_features), bound,
+                                                          dtype))
+        self.bias = self._param("bias", self._uniform((out_features,), bound, dtype)) \
+            if bias else None
+        self.activation = _activation(activation)
+
+    def forward(self, x, training):
+        if x.shape[-1] != self.in_features:
+            raise GraphError(f"{self.name}: expects {self.in_features} input features, got "
+                             f"a tensor of shape {x.shape}")
+        y = x @ self.weight.T
+        if self.bias is not None:
+            y = y + self.bias
+        return self.activation(y) if self.activation else y
+
+
+class Flatten(Module):
+    """Keep the first (batch) dimension, flatten the rest."""
+
+    kind = "flatten"
+
+    def forward(self, x, training):
+        rest = 1
+        for d in x.shape[1:]:
+            if d is None:
+                raise GraphError(f"{self.name}: cannot flatten an unknown dimension: {x.shape}")
+            rest *= d
+        return ops.reshape(x, (-1, rest)) if x.ndim != 2 else x
+
+
+class Dropout(Module):
+    """torch.nn.Dropout: active in training-mode calls only."""
+
+    kind = "dropout"
+
+    def __init__(self, p: float = 0.5, name: str | None = None):
+        super().__init__(name)
+        self.p = p
+
+    def forward(self, x, training):
+        return ops.dropout(x, self.p, training)
+
+
+_ACTIVATIONS = {"relu": ops.relu, "tanh": ops.tanh, "sigmoid": ops.sigmoid, "gelu": ops.gelu,
+                "elu": ops.elu, "leaky_relu": ops.leaky_relu, "softplus": ops.softplus}
+
+
+def _activation(name):
+    if name is None or callable(name):
+        return name
+    if name not in _ACTIVATIONS:
+        raise GraphError(f"unknown activation {name!r}; known: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+class Activation(Module):
+    """An elementwise function as a layer."""
+
+    kind = "activation"
+
+    def __init__(self, fn, name: str | None = None):
+        super().__init__(name)
+        self.fn = _activation(fn)
+
+    def forward(self, x, training):
+        return self.fn(x)
+
+
+def ReLU() -> Activation:  # noqa: N802 - layer names as in torch.nn
+    return Activation("relu")
+
+
+def Tanh() -> Activation:  # noqa: N802
+    return Activation("tanh")
+
+
+def Sigmoid() -> Activation:  # noqa: N802
+    return Activation("sigmoid")
+
+
+def GELU() -> Activation:  # noqa: N802
+    return Activation("gelu")
+
+
+class Sequential(Module):
+    """Layers applied in order."""
+
+    kind = "sequential"
+
+    def __init__(self, *layers: Module, name: str | None = None):
+        super().__init__(name)
+        self.layers = list(layers)
+
+    def children(self):
+        return self.layers
+
+    def forward(self, x: Tensor, training):
+        for layer in self.layers:
+            x = layer(x, training)
+        return x
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __len__(self):
+        return len(self.layers)

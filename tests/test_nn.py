@@ -1,0 +1,50 @@
+"""Layers: parameter layout and initialisation as torch's, train/eval modes."""
+import numpy as np
+import pytest
+
+import graphc as gc
+
+
+def test_dense_is_torch_linear(rng):
+    layer = gc.nn.Dense(5, 3)
+    assert layer.weight.shape == (3, 5) and layer.bias.shape == (3,)
+    bound = 1 / np.sqrt(5)
+    assert np.abs(layer.weight.value).max() <= bound and layer.weight.value.std() > 0.1 * bound
+    x = gc.placeholder("x", (None, 5))
+    xv = rng.normal(size=(4, 5)).astype(np.float32)
+    want = xv @ layer.weight.value.T + layer.bias.value
+    np.testing.assert_allclose(gc.compile(layer(x))(x=xv), want, rtol=1e-5, atol=1e-6)
+    assert [p.name for p in layer.parameters()] == ["dense_0/weight", "dense_0/bias"]
+
+
+def test_module_names_are_unique_and_seeding_is_reproducible():
+    def build():
+        with gc.Graph():
+            gc.nn.seed(7)
+            return gc.nn.Sequential(gc.nn.Dense(3, 4), gc.nn.Dense(4, 2))
+    a, b = build(), build()
+    assert [p.name for p in a.parameters()] == ["dense_0/weight", "dense_0/bias",
+                                                "dense_1/weight", "dense_1/bias"]
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.value, q.value)
+
+
+def test_sequential_train_and_eval_modes(rng):
+    model = gc.nn.Sequential(gc.nn.Flatten(), gc.nn.Dense(6, 50, activation="relu"),
+                             gc.nn.Dropout(0.5), gc.nn.Dense(50, 2))
+    x = gc.placeholder("x", (None, 2, 3))
+    xv = rng.normal(size=(64, 2, 3)).astype(np.float32)
+    train, evaluate = gc.compile(model(x, training=True)), gc.compile(model(x))
+    e1, e2 = evaluate(x=xv).copy(), evaluate(x=xv)
+    np.testing.assert_array_equal(e1, e2)
+    t1 = train(x=xv).copy()
+    assert not np.allclose(t1, e1)
+    assert not np.allclose(train(x=xv), t1)
+
+
+def test_errors_name_the_layer():
+    layer = gc.nn.Dense(5, 3)
+    with pytest.raises(gc.GraphError, match="dense_0: expects 5 input features"):
+        layer(gc.placeholder("x", (None, 4)))
+    with pytest.raises(gc.GraphError, match="unknown activation"):
+        gc.nn.Dense(2, 2, activation="swishy")
