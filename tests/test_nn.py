@@ -48,3 +48,22 @@ def test_errors_name_the_layer():
         layer(gc.placeholder("x", (None, 4)))
     with pytest.raises(gc.GraphError, match="unknown activation"):
         gc.nn.Dense(2, 2, activation="swishy")
+
+
+def test_conv_layers_match_the_functional_ops(rng):
+    conv = gc.nn.Conv2D(2, 4, 3, padding=1)
+    assert conv.weight.shape == (4, 2, 3, 3) and conv.bias.shape == (4,)
+    assert np.abs(conv.weight.value).max() <= 1 / np.sqrt(18)
+    model = gc.nn.Sequential(gc.nn.Reshape(2, 6, 6), conv, gc.nn.MaxPool2D(2),
+                             gc.nn.AvgPool2D(3), gc.nn.Flatten())
+    x = gc.placeholder("x", (None, 72))
+    y = model(x)
+    assert y.shape == (None, 4)
+    xv = rng.normal(size=(3, 72)).astype(np.float32)
+    ref = gc.avg_pool2d(gc.max_pool2d(gc.conv2d(gc.reshape(x, (-1, 2, 6, 6)), conv.weight,
+                                                conv.bias, padding=1), 2), 3)
+    fn = gc.compile([y, ref])
+    got, want = fn(x=xv)
+    np.testing.assert_allclose(got, want.reshape(3, 4), rtol=1e-6)
+    with pytest.raises(gc.GraphError, match="conv2d_0: expects NCHW input with 2 channels"):
+        conv(gc.placeholder("z", (None, 3, 6, 6)))

@@ -1,4 +1,4 @@
 """Layers (graphc.nn): modules that own parameters and build graph nodes when called."""
 from .module import Module, seed  # noqa: F401
-from .layers import (GELU, Activation, Dense, Dropout, Flatten, ReLU, Sequential,  # noqa: F401
-                     Sigmoid, Tanh)
+from .layers import (GELU, Activation, AvgPool2D, Conv2D, Dense, Dropout,  # noqa: F401
+                     Flatten, MaxPool2D, ReLU, Reshape, Sequential, Sigmoid, Tanh)

@@ -126,3 +126,75 @@ class Sequential(Module):
 
     def __len__(self):
         return len(self.layers)
+
+
+class Conv2D(Module):
+    """torch.nn.Conv2d over NCHW: weight (out, in/groups, kh, kw) and bias (out,), both
+    initialised U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in/groups * kh * kw."""
+
+    kind = "conv2d"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, groups: int = 1, bias: bool = True, activation=None,
+                 dtype="float32", name: str | None = None):
+        super().__init__(name)
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if in_channels % groups or out_channels % groups:
+            raise GraphError(f"{self.name}: channels ({in_channels} in, {out_channels} out) "
+                             f"must be divisible by groups={groups}")
+        fan_in = in_channels // groups * kh * kw
+        bound = 1.0 / math.sqrt(fan_in)
+        self.in_channels = in_channels
+        self.weight = self._param("weight", self._uniform(
+            (out_channels, in_channels // groups, kh, kw), bound, dtype))
+        self.bias = self._param("bias", self._uniform((out_channels,), bound, dtype)) \
+            if bias else None
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.activation = _activation(activation)
+
+    def forward(self, x, training):
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise GraphError(f"{self.name}: expects NCHW input with {self.in_channels} "
+                             f"channels, got shape {x.shape}")
+        y = ops.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                       self.groups)
+        return self.activation(y) if self.activation else y
+
+
+class MaxPool2D(Module):
+    """torch.nn.MaxPool2d (stride defaults to the kernel size)."""
+
+    kind = "maxpool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0, name: str | None = None):
+        super().__init__(name)
+        self.args = (kernel_size, stride, padding)
+
+    def forward(self, x, training):
+        return ops.max_pool2d(x, *self.args)
+
+
+class AvgPool2D(Module):
+    """torch.nn.AvgPool2d (count_include_pad=True)."""
+
+    kind = "avgpool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0, name: str | None = None):
+        super().__init__(name)
+        self.args = (kernel_size, stride, padding)
+
+    def forward(self, x, training):
+        return ops.avg_pool2d(x, *self.args)
+
+
+class Reshape(Module):
+    """Reshape each example (the batch dimension is kept): Reshape(1, 28, 28)."""
+
+    kind = "reshape"
+
+    def __init__(self, *shape: int, name: str | None = None):
+        super().__init__(name)
+        self.shape = shape
+
+    def forward(self, x, training):
+        return ops.reshape(x, (-1,) + tuple(self.shape))

@@ -11,3 +11,4 @@ from .nn import (binary_cross_entropy_with_logits, hinge_loss, log_softmax,  # n
                  mse_loss, one_hot, pairwise_distance, softmax, softmax_cross_entropy,
                  triplet_loss)
 from .random import dropout, random_uniform  # noqa: F401
+from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
