@@ -63,6 +63,33 @@ class Module:
                 unique.append(p)
         return unique
 
+    def named_parameters(self, prefix: str = "") -> list:
+        """(local name, parameter) pairs with torch's state_dict keys: a module's own
+        parameters by name, children by index in a Sequential ("0.weight")."""
+        out = [(prefix + p.name.rsplit("/", 1)[-1], p) for p in self._params]
+        for key, child in self._named_children():
+            out += child.named_parameters(f"{prefix}{key}.")
+        return out
+
+    def _named_children(self) -> list:
+        return [(str(i), c) for i, c in enumerate(self.children())]
+
+    def state_dict(self) -> dict:
+        """{torch-style key: NumPy copy} of every parameter (running statistics included)."""
+        return {k: p.value for k, p in self.named_parameters()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Assign every parameter from {key: array} (e.g. a torch state_dict's tensors as
+        NumPy); every key must match, shapes are checked."""
+        from ..errors import GraphError
+        mine = dict(self.named_parameters())
+        missing, unknown = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+        if missing or unknown:
+            raise GraphError(f"{self.name}.load_state_dict: missing {missing}, unknown "
+                             f"{unknown}")
+        for k, p in mine.items():
+            p.value = np.asarray(state[k])
+
     def updates(self) -> dict:
         """{parameter: new value} recorded by training-mode calls (running statistics)."""
         out = dict(self._updates)

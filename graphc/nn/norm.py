@@ -1,0 +1,86 @@
+"""BatchNorm, LayerNorm and Embedding layers."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ops
+from ..errors import GraphError
+from ..ops.shape_ops import count
+from .module import Module
+
+
+class BatchNorm(Module):
+    """torch.nn.BatchNorm1d/2d: over (N, C) or (N, C, ...) inputs, normalise each channel by
+    the batch statistics in training-mode calls (and update the running mean and unbiased
+    running variance with `momentum`), by the running statistics otherwise."""
+
+    kind = "batchnorm"
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 affine: bool = True, dtype="float32", name: str | None = None):
+        super().__init__(name)
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.weight = self._param("weight", np.ones(num_features, dtype)) if affine else None
+        self.bias = self._param("bias", np.zeros(num_features, dtype)) if affine else None
+        self.running_mean = self._param("running_mean", np.zeros(num_features, dtype), False)
+        self.running_var = self._param("running_var", np.ones(num_features, dtype), False)
+
+    def forward(self, x, training):
+        if x.ndim < 2 or x.shape[1] != self.num_features:
+            raise GraphError(f"{self.name}: expects (N, {self.num_features}, ...) input, got "
+                             f"shape {x.shape}")
+        axes = (0,) + tuple(range(2, x.ndim))
+        bshape = (-1,) + (1,) * (x.ndim - 2)
+        if training:
+            mu, var = ops.norm.batch_norm_stats(x, axes)
+            n = count(x, axes, x.dtype)
+            m = self.momentum
+            self._updates[self.running_mean] = (1 - m) * self.running_mean + m * ops.reshape(
+                mu, (-1,))
+            self._updates[self.running_var] = (1 - m) * self.running_var + m * ops.reshape(
+                var, (-1,)) * (n / ops.maximum(n - 1.0, 1.0))
+        else:
+            mu = ops.reshape(self.running_mean, bshape)
+            var = ops.reshape(self.running_var, bshape)
+        y = (x - mu) / ops.sqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * ops.reshape(self.weight, bshape) + ops.reshape(self.bias, bshape)
+        return y
+
+
+class LayerNorm(Module):
+    """torch.nn.LayerNorm over the trailing `normalized_shape` dimensions."""
+
+    kind = "layernorm"
+
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True,
+                 dtype="float32", name: str | None = None):
+        super().__init__(name)
+        shape = (normalized_shape,) if isinstance(normalized_shape, int) else \
+            tuple(normalized_shape)
+        self.shape, self.eps = shape, eps
+        self.weight = self._param("weight", np.ones(shape, dtype)) if elementwise_affine \
+            else None
+        self.bias = self._param("bias", np.zeros(shape, dtype)) if elementwise_affine else None
+
+    def forward(self, x, training):
+        if tuple(x.shape[-len(self.shape):]) != self.shape:
+            raise GraphError(f"{self.name}: expects trailing dimensions {self.shape}, got "
+                             f"shape {x.shape}")
+        return ops.layer_norm(x, len(self.shape), self.weight, self.bias, self.eps)
+
+
+class Embedding(Module):
+    """torch.nn.Embedding: a (num_embeddings, dim) table initialised N(0, 1)."""
+
+    kind = "embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, dtype="float32",
+                 name: str | None = None):
+        super().__init__(name)
+        from .module import _rng
+        self.weight = self._param("weight", _rng(self.graph).normal(
+            size=(num_embeddings, embedding_dim)).astype(dtype))
+
+    def forward(self, ids, training):
+        return ops.embedding(ids, self.weight)
