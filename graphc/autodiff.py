@@ -62,7 +62,8 @@ def grad(y: Tensor, xs, grad_output=None):
                                     f"input {i} ({x.describe()}); node {node.describe()}")
             with source_scope(node.source):
                 contrib = rule(g, node, *node.inputs)
-                contrib = sum_to_like(contrib, x)
+                if not (contrib.op.name == "getitem_grad" and contrib.inputs[1] is x):
+                    contrib = sum_to_like(contrib, x)  # (a getitem_grad has x's shape)
                 if contrib.dtype != x.dtype:
                     contrib = cast(contrib, x.dtype)
             contributions.setdefault(id(x), []).append(contrib)
@@ -94,7 +95,30 @@ def _on_path(order: list[Tensor], sources: set[int]) -> set[int]:
 
 
 def _sum(terms: list[Tensor]) -> Tensor:
+    terms = _merge_slice_gradients(terms)
     total = terms[0]
     for t in terms[1:]:
         total = total + t
     return total
+
+
+def _merge_slice_gradients(terms: list[Tensor]) -> list[Tensor]:
+    """Gradients of several slices of one tensor become one scatter: O(size) work instead
+    of one full-size buffer per slice (O(size x slices) for an unrolled RNN)."""
+    from .ops.shape_ops import scatter_slices
+    groups: dict[int, list[Tensor]] = {}
+    for t in terms:
+        if t.op.name == "getitem_grad":
+            groups.setdefault(id(t.inputs[1]), []).append(t)
+    if all(len(g) < 2 for g in groups.values()):
+        return terms
+    out, done = [], set()
+    for t in terms:
+        group = groups.get(id(t.inputs[1])) if t.op.name == "getitem_grad" else None
+        if group is None or len(group) < 2:
+            out.append(t)
+        elif id(t.inputs[1]) not in done:
+            done.add(id(t.inputs[1]))
+            out.append(scatter_slices(t.inputs[1], [m.inputs[0] for m in group],
+                                      [m.attrs["index"] for m in group]))
+    return out

@@ -297,6 +297,30 @@ register("getitem_grad", lambda shapes, dts, index: (shapes[1], dts[0]), _scatte
          shape_only=(1,))
 
 
+def _scatter_slices(shape, *gs, indices):
+    out = np.zeros(shape, np.result_type(*gs))
+    for g, index in zip(gs, indices):
+        out[_decode_index(index)] += g
+    return out
+
+
+def _scatter_slices_rules(n):
+    def rule(i):
+        return lambda gg, y, *inputs: apply("getitem", (gg,), index=y.attrs["indices"][i - 1])
+    return (None,) + tuple(rule(i) for i in range(1, n))
+
+
+# The gradient of many slices of one tensor (an RNN's time steps, an LSTM's gates) in one
+# buffer, instead of one zero-filled full-size buffer per slice summed up.
+register("scatter_slices", lambda shapes, dts, indices: (shapes[0], _dt.promote(*dts[1:])),
+         _scatter_slices, _scatter_slices_rules, variadic=True, shape_only=(0,))
+
+
+def scatter_slices(like: Tensor, grads: list, indices: list) -> Tensor:
+    """zeros_like(like) with each g added at its basic index (encoded as getitem does)."""
+    return apply("scatter_slices", (like, *grads), indices=tuple(indices))
+
+
 def _getitem_grad(g, x, index):
     return apply("getitem_grad", (g, x), index=index)
 
