@@ -103,3 +103,16 @@ def test_mlp_gradients_match_finite_differences(rng):
     logits = gc.gelu(x @ w1 + b1) @ w2
     loss = gc.softmax_cross_entropy(logits, t)
     check_grads(loss, [w1, b1, w2, x], {"x": rng.normal(size=(5, 4)), "t": [0, 2, 1, 1, 0]})
+
+
+def test_gradients_of_many_slices_merge_into_one_scatter(rng):
+    from graphc.graph import topo_order
+    from graphc.testing import check_grads
+    x = gc.placeholder("x", (None, 4, 6))
+    parts = [x[:, t] for t in range(4)] + [x[..., 0:3], x[..., 3:6]]
+    y = sum(gc.sum(gc.tanh(p) * float(i + 1)) for i, p in enumerate(parts))
+    g = gc.grad(y, x)
+    ops = [n.op.name for n in topo_order([g])]
+    assert ops.count("scatter_slices") == 1 and "getitem_grad" not in ops
+    check_grads(y, x, {x: rng.normal(size=(2, 4, 6))})
+    check_grads(gc.sum(g * g), x, {x: rng.normal(size=(2, 4, 6))})
