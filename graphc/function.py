@@ -101,8 +101,13 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
     graph_passes = [p for p in pipeline if p != "fuse"]  # fusion happens when shapes bind
     program = run_passes(Program(tuple(flat), tuple(pairs)), graph_passes)
     plan = lower(list(program.outputs), list(program.updates))
-    return Function(plan, rebuild, _resolve_backend(backend), fuse=optimize and passes is None
-                    or "fuse" in pipeline)
+    fn = Function(plan, rebuild, _resolve_backend(backend), fuse=optimize and passes is None
+                  or "fuse" in pipeline)
+    if optimizer is not None and hasattr(optimizer, "auxiliary"):
+        aux_updates, aux_outputs, period = optimizer.auxiliary()
+        fn._aux = (compile(aux_outputs, updates=aux_updates, backend=backend,
+                           optimize=optimize, passes=passes), period, optimizer)
+    return fn
 
 
 class Function:
@@ -123,6 +128,8 @@ class Function:
         self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
         self._last = None
         self._lock = threading.Lock()
+        self._aux = None  # (Function, period, optimizer): see Sophia
+        self.aux_outputs = None
 
     @property
     def plan(self):
@@ -209,6 +216,10 @@ class Function:
             self._last = entry
             with np.errstate(all="ignore"):
                 outs = entry[1](*arrays)
+            if self._aux is not None:  # an optimizer's periodic extra step (Sophia's Hessian)
+                aux, period, opt = self._aux
+                if opt.step_count % period == 0:
+                    self.aux_outputs = aux({ph: a for ph, a in zip(self._feeds, arrays)})
         return self._rebuild(list(outs))
 
     def __repr__(self) -> str:

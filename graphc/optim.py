@@ -425,3 +425,72 @@ class SequentialLR(LRScheduler):
             if epoch >= m:
                 start, which = m, i + 1
         return self.schedulers[which].lr_at(epoch - start)
+
+
+class Sophia(Optimizer):
+    """SophiaG (Liu et al., 2023, "Sophia: A Scalable Stochastic Second-order Optimizer"):
+    momentum m, a diagonal Hessian estimate h (an EMA of the Gauss-Newton-Bartlett
+    estimator), and a clipped, preconditioned step
+
+        p <- p (1 - lr wd);  m <- b1 m + (1 - b1) g
+        p <- p - lr sign(m) min(|m| / (rho B h + eps), 1)
+
+    B is the batch size. Every k steps (after the update), with labels y' sampled from
+    softmax(logits): g' = grad of cross_entropy(logits, y'), h <- b2 h + (1 - b2) g' g'.
+    Give the logits the loss is computed from: `Sophia(logits=logits)`. The estimator runs
+    as a second compiled function, called by the step every k-th call, so the other calls
+    pay nothing for it."""
+
+    def __init__(self, logits: Tensor | None = None, lr: float = 1e-4,
+                 betas: tuple = (0.965, 0.99), rho: float = 0.04, weight_decay: float = 1e-1,
+                 eps: float = 1e-15, k: int = 10, clip_grad_norm: float | None = None):
+        super().__init__(clip_grad_norm, lr=lr, beta1=betas[0], beta2=betas[1], rho=rho,
+                         weight_decay=weight_decay, eps=eps)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"Sophia: k (the Hessian refresh interval) must be a positive "
+                             f"int, got {k!r}")
+        self.logits, self.k = logits, k
+        self._params: list = []
+
+    def updates(self, loss, params=None):
+        if self.logits is None:
+            raise CompileError("Sophia needs the logits its loss is computed from, for the "
+                               "Hessian estimator: Sophia(logits=logits, ...)")
+        out = super().updates(loss, params)
+        self._params = [p for p in out if self._state.get(("exp_avg", p)) is not None]
+        self._count()  # the step count decides when the estimator runs
+        out[self._step] = self._t
+        return out
+
+    def _rule(self, p, g):
+        h = lambda name: self._h(name, p.dtype)  # noqa: E731
+        m, hess = self._s("exp_avg", p), self._s("hessian", p)
+        b1 = h("beta1")
+        new_m = b1 * m + (1.0 - b1) * g
+        batch = self._batch(p.dtype)
+        ratio = E.minimum(E.abs(new_m) / (h("rho") * batch * hess + h("eps")), 1.0)
+        decayed = p * (1.0 - h("lr") * h("weight_decay"))
+        return {m: new_m, p: decayed - h("lr") * E.sign(new_m) * ratio}
+
+    def _batch(self, dtype) -> Tensor:
+        from .ops.shape_ops import count
+        lead = tuple(range(self.logits.ndim - 1))
+        return count(self.logits, lead, dtype)
+
+    def auxiliary(self):
+        """(updates refreshing h, outputs, period): the estimator, compiled apart."""
+        from .ops.nn import softmax_cross_entropy
+        from .ops.random import sample_categorical
+        from .ops.shape_ops import reshape
+        logits = self.logits
+        sampled = sample_categorical(logits)
+        classes = logits.shape[-1]
+        flat = reshape(logits, (-1, classes))
+        loss = softmax_cross_entropy(flat, reshape(sampled, (-1,)))
+        grads = grad(loss, self._params)
+        out = {}
+        for p, g in zip(self._params, grads):
+            hess = self._s("hessian", p)
+            b2 = self._h("beta2", p.dtype)
+            out[hess] = b2 * hess + (1.0 - b2) * g * g
+        return out, {"sampled": sampled}, self.k

@@ -238,3 +238,48 @@ def test_warmup_then_cosine_and_the_lr_reaches_the_plan(rng):
     fn()
     want = [v - 0.1 * g for v, g in zip(values, grads(values))]
     np.testing.assert_allclose(params[1].value, want[1], rtol=1e-10)
+
+
+def test_sophia_matches_its_published_rule(rng):
+    x = rng.normal(size=(6, 4))
+    y = rng.integers(0, 3, size=6)
+    w0 = rng.normal(size=(4, 3))
+    w = gc.parameter("w", value=w0, dtype="float64")
+    logits = gc.constant(x, "float64") @ w
+    loss = gc.softmax_cross_entropy(logits, gc.constant(y))
+    hp = dict(lr=0.05, betas=(0.9, 0.95), rho=0.5, weight_decay=0.1, k=2)
+    opt = optim.Sophia(logits=logits, **hp)
+    fn = gc.compile(loss, optimizer=opt)
+
+    def ce_grad(wv, labels):
+        z = x @ wv
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(labels)), labels] -= 1
+        return x.T @ p / len(labels)
+
+    want, m, h = w0.copy(), np.zeros_like(w0), np.zeros_like(w0)
+    b1, b2 = hp["betas"]
+    refreshed = 0
+    for t in range(1, 7):
+        fn()
+        g = ce_grad(want, y)
+        m = b1 * m + (1 - b1) * g
+        want = want * (1 - hp["lr"] * hp["weight_decay"])
+        want = want - hp["lr"] * np.sign(m) * np.minimum(
+            np.abs(m) / (hp["rho"] * len(y) * h + 1e-15), 1)
+        if t % hp["k"] == 0:
+            sampled = fn.aux_outputs["sampled"]
+            assert sampled.shape == (6,) and sampled.min() >= 0 and sampled.max() < 3
+            gs = ce_grad(want, sampled)
+            h = b2 * h + (1 - b2) * gs * gs
+            refreshed += 1
+        np.testing.assert_allclose(w.value, want, rtol=1e-10, atol=1e-12, err_msg=f"step {t}")
+        np.testing.assert_allclose(opt.state(w)["hessian"].value, h, rtol=1e-10, atol=1e-14)
+    assert refreshed == 3 and np.abs(h).sum() > 0
+
+
+def test_sophia_needs_the_logits(rng):
+    w = gc.parameter("w", shape=(3,))
+    with pytest.raises(gc.CompileError, match="Sophia needs the logits"):
+        gc.compile(gc.sum(w * w), optimizer=optim.Sophia())

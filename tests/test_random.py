@@ -46,3 +46,11 @@ def test_functions_without_randomness_do_not_advance_the_counter():
     fn = gc.compile(x * 2.0)
     fn(x=np.ones((2, 4)))
     assert int(gc.get_default_graph().get("rng/counter").value) == 0
+
+
+def test_categorical_samples_follow_the_softmax():
+    logits = gc.placeholder("logits", (None, 3))
+    draw = gc.compile(gc.ops.sample_categorical(logits))
+    lv = np.tile(np.log(np.array([0.2, 0.5, 0.3], np.float32)), (40000, 1))
+    counts = np.bincount(draw(logits=lv), minlength=3) / 40000
+    np.testing.assert_allclose(counts, [0.2, 0.5, 0.3], atol=0.01)

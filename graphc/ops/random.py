@@ -87,3 +87,13 @@ def dropout(x, p: float = 0.5, training: bool = True, seed: int | None = None) -
         return x * 0.0
     keep = greater_equal(random_uniform(x, seed), p)
     return x * cast(keep, x.dtype) * (1.0 / (1.0 - p))
+
+
+def sample_categorical(logits, seed: int | None = None) -> Tensor:
+    """One class index per row, drawn from softmax(logits) along the last axis (Gumbel-max),
+    fresh on every step; int64."""
+    from .elementwise import log, maximum
+    from .reductions import argmax
+    logits = lift(logits)
+    u = random_uniform(logits, seed)
+    return argmax(logits - log(-log(maximum(u, 1e-20))), axis=-1)

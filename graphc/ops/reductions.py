@@ -7,7 +7,7 @@ from .. import dtypes as _dt
 from ..graph import Tensor
 from .common import lift, normalize_axes, reduced_shape
 from .elementwise import cast, equal, exp
-from .registry import apply, register
+from .registry import apply, fail, register
 from .shape_ops import broadcast_like, count, expand_dims
 
 
@@ -82,3 +82,20 @@ mean = _reduction("mean", float_only=True)
 max = _reduction("max")  # noqa: A001
 min = _reduction("min")  # noqa: A001
 logsumexp = _reduction("logsumexp", float_only=True)
+
+
+# --- argmax: the index of the first maximum along one axis (int64, no gradient) -------------
+def _infer_argmax(shapes, dts, axis):
+    shape = shapes[0]
+    if not -len(shape) <= axis < len(shape):
+        fail(f"axis {axis} is out of range for rank {len(shape)}")
+    ax = axis % len(shape)
+    return shape[:ax] + shape[ax + 1:], np.dtype("int64")
+
+
+register("argmax", _infer_argmax, lambda x, axis: np.argmax(x, axis=axis), (None,))
+
+
+def argmax(x, axis: int = -1) -> Tensor:
+    """Index of the first maximum along `axis` (torch.argmax / numpy.argmax), as int64."""
+    return apply("argmax", (lift(x),), axis=int(axis))
