@@ -16,6 +16,8 @@ def parser(description: str, epochs: int) -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="data directory (default: $GRAPHC_DATA)")
     p.add_argument("--plot", default=None, help="loss-curve PNG (default: <example>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N training examples (a quick smoke run)")
     return p
 
 

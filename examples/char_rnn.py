@@ -20,10 +20,10 @@ def sample(model, text, start: str, length: int, rng, temperature: float = 0.8) 
     hv, cv = np.zeros((1, hsz), np.float32), np.zeros((1, hsz), np.float32)
     chars = list(start)
     for ch in start[:-1]:
-        _, hv, cv = step(ids=text.encode(ch).reshape(1, 1), h=hv, c=cv)
+        _, hv, cv = step({ids: text.encode(ch).reshape(1, 1), h: hv, c: cv})
     nxt = start[-1]
     for _ in range(length):
-        logits, hv, cv = step(ids=text.encode(nxt).reshape(1, 1), h=hv, c=cv)
+        logits, hv, cv = step({ids: text.encode(nxt).reshape(1, 1), h: hv, c: cv})
         p = np.exp(logits[0] - logits[0].max())
         nxt = text.vocab[rng.choice(len(p), p=p / p.sum())]
         chars.append(nxt)
@@ -39,6 +39,7 @@ def main():
     text = gc.data.char_text(directory=args.data)
     train_ids, val_ids = text.split(0.9)
     x, y = text.windows(train_ids, args.seq)
+    x, y = x[:args.limit], y[:args.limit]
     xv, yv = text.windows(val_ids, args.seq)
     vocab = text.vocab_size
     model = nn.Sequential(nn.Embedding(vocab, 64), nn.LSTM(64, args.hidden, batch_first=True),

@@ -24,6 +24,7 @@ def main():
     args = p.parse_args()
     ds = gc.data.mnist(args.data)
     (x, y), (xt, yt) = ds["train"], ds["test"]
+    x, y = x[:args.limit], y[:args.limit]
     opt = gc.optim.Adam(lr=2e-3)
     sched = gc.optim.CosineAnnealingLR(opt, T_max=args.epochs)
     with Timer() as t:

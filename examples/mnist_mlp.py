@@ -9,7 +9,8 @@ def main():
     args = parser(__doc__.splitlines()[0], epochs=20).parse_args()
     ds = gc.data.mnist(args.data)
     (x, y), (xt, yt) = ds["train"], ds["test"]
-    x, xt = x.reshape(len(x), -1), xt.reshape(len(xt), -1)
+    x, xt = x.reshape(len(x), -1)[:args.limit], xt.reshape(len(xt), -1)
+    y = y[:args.limit]
     model = gc.nn.Sequential(gc.nn.Dense(784, 800, activation="relu"), gc.nn.Dropout(0.2),
                              gc.nn.Dense(800, 10))
     opt = gc.optim.Adam(lr=1e-3)

@@ -30,6 +30,9 @@ def main():
     p = parser(__doc__.splitlines()[0], epochs=60)
     args = p.parse_args()
     recs = gc.data.wav_folder(args.data)
+    if args.limit:  # keep the whole test split, cut the training split
+        train = [r for r in recs if r.index >= 5][:args.limit]
+        recs = [r for r in recs if r.index < 5] + train
     feats = np.stack([features(r.signal) for r in recs])
     labels = np.array([r.label for r in recs], np.int32)
     test = np.array([r.index < 5 for r in recs])

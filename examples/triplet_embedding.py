@@ -21,12 +21,11 @@ def triplets(labels: np.ndarray, rng: np.random.Generator):
 
 def main():
     p = parser(__doc__.splitlines()[0], epochs=5)
-    p.add_argument("--train-size", type=int, default=60000)
     args = p.parse_args()
     ds = gc.data.fashion_mnist(args.data)
     (x, y), (xt, yt) = ds["train"], ds["test"]
-    x, xt = x.reshape(len(x), -1)[:args.train_size], xt.reshape(len(xt), -1)
-    y = y[:args.train_size]
+    x, xt = x.reshape(len(x), -1)[:args.limit], xt.reshape(len(xt), -1)
+    y = y[:args.limit]
     net = nn.Sequential(nn.Dense(784, 256, activation="relu"), nn.Dense(256, 32))
     a, pos, neg = (gc.placeholder(n, (None, 784)) for n in ("anchor", "positive", "negative"))
     loss = gc.triplet_loss(net(a, training=True), net(pos, training=True),
