@@ -14,3 +14,13 @@ def fresh_default_graph():
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def _real_data_present() -> bool:
+    import os
+    path = os.environ.get("GRAPHC_DATA")
+    return bool(path) and os.path.isdir(path)
+
+
+needs_data = pytest.mark.skipif(not _real_data_present(),
+                                reason="real data sets not found (set GRAPHC_DATA to them)")

@@ -7,6 +7,8 @@ import wave
 import numpy as np
 import pytest
 
+from conftest import needs_data
+
 import graphc as gc
 from graphc import data
 
@@ -117,7 +119,6 @@ def test_batches_cover_everything_once_and_are_seeded():
         next(data.batches(x, y[:3], batch_size=2))
 
 
-needs_data = pytest.mark.skipif(not os.environ.get("GRAPHC_DATA"), reason="GRAPHC_DATA not set")
 
 
 @needs_data

@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
+from conftest import needs_data
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_data = pytest.mark.skipif(not os.environ.get("GRAPHC_DATA"), reason="GRAPHC_DATA not set")
 
 
 @needs_data
