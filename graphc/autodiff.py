@@ -62,8 +62,7 @@ def grad(y: Tensor, xs, grad_output=None):
                                     f"input {i} ({x.describe()}); node {node.describe()}")
             with source_scope(node.source):
                 contrib = rule(g, node, *node.inputs)
-                if not (contrib.op.name == "getitem_grad" and contrib.inputs[1] is x):
-                    contrib = sum_to_like(contrib, x)  # (a getitem_grad has x's shape)
+                contrib = sum_to_like(contrib, x)
                 if contrib.dtype != x.dtype:
                     contrib = cast(contrib, x.dtype)
             contributions.setdefault(id(x), []).append(contrib)

@@ -123,7 +123,8 @@ class Function:
         self._rebuild = rebuild
         self._feeds = [ph for ph, _ in plan.feeds]
         self._by_name = {ph.name: ph for ph in self._feeds}
-        self._graph_names = plan.nodes[0].graph._names if plan.nodes else {}
+        self.graph = plan.nodes[0].graph if plan.nodes else None
+        self._graph_names = self.graph._names if self.graph is not None else {}
         self._dynamic = [i for i, ph in enumerate(self._feeds) if None in ph.shape]
         self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
         self._last = None

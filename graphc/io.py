@@ -27,10 +27,7 @@ def _parameters(target) -> list[Parameter]:
     if isinstance(target, Graph):
         return target.parameters()
     if isinstance(target, Function):
-        nodes = target.symbolic_plan.nodes
-        if not nodes:
-            return []
-        return nodes[0].graph.parameters()
+        return target.graph.parameters() if target.graph is not None else []
     if hasattr(target, "graph") and isinstance(target.graph, Graph):
         return target.graph.parameters()
     if isinstance(target, (list, tuple)) and all(isinstance(p, Parameter) for p in target):

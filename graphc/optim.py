@@ -27,6 +27,8 @@ class Optimizer:
     """Base class: subclasses implement `_rule(p, g) -> {parameter: new value}`, reading
     the new step count (a float64 scalar tensor, 1 on the first step) from `_count()`."""
 
+    counts_steps = False  # keep a step count even when no rule reads it
+
     def __init__(self, clip_grad_norm: float | None = None, **hyper):
         self._hyper_values = {k: float(v) for k, v in hyper.items()}
         if clip_grad_norm is not None:
@@ -37,6 +39,7 @@ class Optimizer:
         self._state: dict = {}  # (name, parameter) -> Parameter
         self._step: Parameter | None = None
         self._t: Tensor | None = None
+        self.params: list[Parameter] = []  # what the latest updates() optimizes
         self._graph: Graph | None = None
 
     # --- hyper-parameters ----------------------------------------------------------------
@@ -110,14 +113,16 @@ class Optimizer:
         self._graph = loss.graph
         if params is None:
             params = [n for n in topo_order([loss]) if isinstance(n, Parameter) and n.trainable]
-        params = list(params)
-        grads = grad(loss, params)
+        self.params = list(params)
+        grads = grad(loss, self.params)
         if "clip_grad_norm" in self._hyper_values:
             grads = self._clip(grads)
         self._t = None
         out: dict = {}
-        for p, g in zip(params, grads):
+        for p, g in zip(self.params, grads):
             out.update(self._rule(p, g))
+        if self.counts_steps:
+            self._count()
         if self._t is not None:
             out[self._step] = self._t
         return out
@@ -441,6 +446,8 @@ class Sophia(Optimizer):
     as a second compiled function, called by the step every k-th call, so the other calls
     pay nothing for it."""
 
+    counts_steps = True  # the step count decides when the estimator runs
+
     def __init__(self, logits: Tensor | None = None, lr: float = 1e-4,
                  betas: tuple = (0.965, 0.99), rho: float = 0.04, weight_decay: float = 1e-1,
                  eps: float = 1e-15, k: int = 10, clip_grad_norm: float | None = None):
@@ -450,17 +457,12 @@ class Sophia(Optimizer):
             raise ValueError(f"Sophia: k (the Hessian refresh interval) must be a positive "
                              f"int, got {k!r}")
         self.logits, self.k = logits, k
-        self._params: list = []
 
     def updates(self, loss, params=None):
         if self.logits is None:
             raise CompileError("Sophia needs the logits its loss is computed from, for the "
                                "Hessian estimator: Sophia(logits=logits, ...)")
-        out = super().updates(loss, params)
-        self._params = [p for p in out if self._state.get(("exp_avg", p)) is not None]
-        self._count()  # the step count decides when the estimator runs
-        out[self._step] = self._t
-        return out
+        return super().updates(loss, params)
 
     def _rule(self, p, g):
         h = lambda name: self._h(name, p.dtype)  # noqa: E731
@@ -487,9 +489,9 @@ class Sophia(Optimizer):
         classes = logits.shape[-1]
         flat = reshape(logits, (-1, classes))
         loss = softmax_cross_entropy(flat, reshape(sampled, (-1,)))
-        grads = grad(loss, self._params)
+        grads = grad(loss, self.params)
         out = {}
-        for p, g in zip(self._params, grads):
+        for p, g in zip(self.params, grads):
             hess = self._s("hessian", p)
             b2 = self._h("beta2", p.dtype)
             out[hess] = b2 * hess + (1.0 - b2) * g * g

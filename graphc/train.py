@@ -241,8 +241,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
                              "{placeholder name: array}")
         names = list(train_data)
         arrays = [np.asarray(train_data[k]) for k in names]
-        nodes = model_or_step.symbolic_plan.nodes
-        graph = nodes[0].graph if nodes else None
+        graph = model_or_step.graph
         trainer = Trainer(model_or_step, None, names, graph.parameters() if graph else [],
                           graph, schedule)
         val = None

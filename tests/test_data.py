@@ -1,7 +1,6 @@
 """graphc.data: IDX, text and WAV readers (synthetic files, and the real data sets when
 GRAPHC_DATA is set), and the batch iterator."""
 import gzip
-import os
 import wave
 
 import numpy as np

@@ -161,30 +161,27 @@ class Conv2D(Module):
         return self.activation(y) if self.activation else y
 
 
-class MaxPool2D(Module):
+class _Pool2D(Module):
+    pool = None  # the functional op
+
+    def __init__(self, kernel_size, stride=None, padding=0, name: str | None = None):
+        super().__init__(name)
+        self.args = (kernel_size, stride, padding)
+
+    def forward(self, x, training):
+        return type(self).pool(x, *self.args)
+
+
+class MaxPool2D(_Pool2D):
     """torch.nn.MaxPool2d (stride defaults to the kernel size)."""
 
-    kind = "maxpool2d"
-
-    def __init__(self, kernel_size, stride=None, padding=0, name: str | None = None):
-        super().__init__(name)
-        self.args = (kernel_size, stride, padding)
-
-    def forward(self, x, training):
-        return ops.max_pool2d(x, *self.args)
+    kind, pool = "maxpool2d", ops.max_pool2d
 
 
-class AvgPool2D(Module):
+class AvgPool2D(_Pool2D):
     """torch.nn.AvgPool2d (count_include_pad=True)."""
 
-    kind = "avgpool2d"
-
-    def __init__(self, kernel_size, stride=None, padding=0, name: str | None = None):
-        super().__init__(name)
-        self.args = (kernel_size, stride, padding)
-
-    def forward(self, x, training):
-        return ops.avg_pool2d(x, *self.args)
+    kind, pool = "avgpool2d", ops.avg_pool2d
 
 
 class Reshape(Module):

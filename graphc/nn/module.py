@@ -48,6 +48,9 @@ class Module:
     def _uniform(self, shape, bound: float, dtype="float32") -> np.ndarray:
         return _rng(self.graph).uniform(-bound, bound, size=shape).astype(dtype)
 
+    def _normal(self, shape, dtype="float32") -> np.ndarray:
+        return _rng(self.graph).normal(size=shape).astype(dtype)
+
     def children(self) -> list["Module"]:
         return []
 

@@ -32,7 +32,7 @@ class BatchNorm(Module):
         axes = (0,) + tuple(range(2, x.ndim))
         bshape = (-1,) + (1,) * (x.ndim - 2)
         if training:
-            mu, var = ops.norm.batch_norm_stats(x, axes)
+            mu, var = ops.norm.moments(x, axes)
             n = count(x, axes, x.dtype)
             m = self.momentum
             self._updates[self.running_mean] = (1 - m) * self.running_mean + m * ops.reshape(
@@ -78,9 +78,7 @@ class Embedding(Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, dtype="float32",
                  name: str | None = None):
         super().__init__(name)
-        from .module import _rng
-        self.weight = self._param("weight", _rng(self.graph).normal(
-            size=(num_embeddings, embedding_dim)).astype(dtype))
+        self.weight = self._param("weight", self._normal((num_embeddings, embedding_dim), dtype))
 
     def forward(self, ids, training):
         return ops.embedding(ids, self.weight)

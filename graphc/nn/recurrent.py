@@ -13,6 +13,11 @@ from ..errors import GraphError
 from .module import Module
 
 
+def _plus(a, b):
+    """a + b, where b None (a zero state without bias) adds nothing."""
+    return a if b is None else a + b
+
+
 class _Recurrent(Module):
     gates = 1
 
@@ -45,12 +50,16 @@ class _Recurrent(Module):
         return [proj[t] for t in range(steps)]
 
     def _hidden(self, h):
+        """h W_hh^T + b_hh; for the zero initial state (h None) just b_hh, or None."""
+        if h is None:
+            return self.bias_hh
         hw = h @ self.weight_hh.T
         return hw + self.bias_hh if self.bias_hh is not None else hw
 
     def _gate(self, t, k):
+        """Gate k's columns of t (None stays None)."""
         h = self.hidden_size
-        return t[..., k * h:(k + 1) * h]
+        return None if t is None else t[..., k * h:(k + 1) * h]
 
     def _outputs(self, hs):
         out = ops.concat([ops.expand_dims(h, 0) for h in hs], axis=0)
@@ -75,9 +84,7 @@ class RNN(_Recurrent):
         """(outputs, h_last); h: the initial state (N, H), zeros by default."""
         hs = []
         for xt in self._inputs(x):
-            pre = xt + (self._hidden(h) if h is not None else
-                        (self.bias_hh if self.bias_hh is not None else 0.0))
-            h = self.act(pre)
+            h = self.act(_plus(xt, self._hidden(h)))
             hs.append(h)
         return self._outputs(hs), h
 
@@ -93,8 +100,7 @@ class LSTM(_Recurrent):
         h, c = state if state is not None else (None, None)
         hs = []
         for xt in self._inputs(x):
-            z = xt + self._hidden(h) if h is not None else \
-                (xt + self.bias_hh if self.bias_hh is not None else xt)
+            z = _plus(xt, self._hidden(h))
             i, f = ops.sigmoid(self._gate(z, 0)), ops.sigmoid(self._gate(z, 1))
             g, o = ops.tanh(self._gate(z, 2)), ops.sigmoid(self._gate(z, 3))
             c = i * g if c is None else f * c + i * g
@@ -114,15 +120,11 @@ class GRU(_Recurrent):
         """(outputs, h_last); h: the initial state (N, H), zeros by default."""
         hs = []
         for xt in self._inputs(x):
-            hw = self._hidden(h) if h is not None else self.bias_hh  # h = 0: only the bias
-
-            def part(k):
-                return self._gate(xt, k) + self._gate(hw, k) if hw is not None else \
-                    self._gate(xt, k)
-            r, z = ops.sigmoid(part(0)), ops.sigmoid(part(1))
-            pre = self._gate(xt, 2) + r * self._gate(hw, 2) if hw is not None else \
-                self._gate(xt, 2)
-            n = ops.tanh(pre)
+            hw = self._hidden(h)
+            r = ops.sigmoid(_plus(self._gate(xt, 0), self._gate(hw, 0)))
+            z = ops.sigmoid(_plus(self._gate(xt, 1), self._gate(hw, 1)))
+            hn = self._gate(hw, 2)
+            n = ops.tanh(_plus(self._gate(xt, 2), None if hn is None else r * hn))
             h = (1.0 - z) * n if h is None else (1.0 - z) * n + z * h
             hs.append(h)
         return self._outputs(hs), h

@@ -231,8 +231,7 @@ register("max_pool2d_gather", lambda shapes, dts, **a: _infer_pool(shapes[1:], d
 
 def _avg_pool2d(x, kernel, stride, padding):
     v = _windows(_pad(x, padding), kernel[0], kernel[1], stride, (1, 1))
-    return v.mean((-2, -1), dtype=np.float64).astype(x.dtype) if x.dtype != np.float64 \
-        else v.mean((-2, -1))
+    return v.mean((-2, -1), dtype=np.float64).astype(x.dtype, copy=False)
 
 
 def _avg_pool2d_grad(gy, x_shape, kernel, stride, padding):

@@ -13,11 +13,8 @@ def layer_norm(x, normalized_ndim: int = 1, weight=None, bias=None, eps: float =
     """Normalise over the last `normalized_ndim` dimensions (biased variance), then scale
     and shift."""
     x = lift(x)
-    axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
-    mu = mean(x, axes, keepdims=True)
-    centered = x - mu
-    var = mean(centered * centered, axes, keepdims=True)
-    y = centered / sqrt(var + eps)
+    mu, var = moments(x, tuple(range(x.ndim - normalized_ndim, x.ndim)))
+    y = (x - mu) / sqrt(var + eps)
     if weight is not None:
         y = y * weight
     if bias is not None:
@@ -25,8 +22,8 @@ def layer_norm(x, normalized_ndim: int = 1, weight=None, bias=None, eps: float =
     return y
 
 
-def batch_norm_stats(x, axes) -> tuple[Tensor, Tensor]:
-    """Batch mean and biased variance over `axes`, keepdims."""
+def moments(x, axes) -> tuple[Tensor, Tensor]:
+    """Mean and biased variance over `axes`, keepdims."""
     mu = mean(x, axes, keepdims=True)
     centered = x - mu
     return mu, mean(centered * centered, axes, keepdims=True)

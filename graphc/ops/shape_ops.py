@@ -117,9 +117,15 @@ register("zeros_like", lambda shapes, dts, dtype: (shapes[0], np.dtype(dtype)),
 
 def sum_to_like(g: Tensor, like: Tensor) -> Tensor:
     """Sum g over the dimensions that broadcasting added relative to `like`."""
-    if g.shape == like.shape and None not in like.shape:
+    if g.shape == like.shape and (None not in like.shape or _shaped_by(g, like)):
         return g
     return apply("sum_to_like", (g, like))
+
+
+def _shaped_by(g: Tensor, like: Tensor) -> bool:
+    """g takes its run-time shape from `like` (a shape-only input of g's op), so the two
+    agree even where the static shape has None (a getitem or conv input gradient)."""
+    return any(x is like for i, x in enumerate(g.inputs) if i in g.op.shape_only)
 
 
 def broadcast_like(x: Tensor, like: Tensor) -> Tensor:
