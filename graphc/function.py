@@ -204,7 +204,8 @@ class Function:
             from .backends import numpy as backend
             from .plan import bind
             bound = bind(self.symbolic_plan, {ph: a.shape for ph, a in zip(self._feeds, arrays)},
-                         fuse=self._fuse, pairs=backend.PAIRS)
+                         fuse=self._fuse, pairs=backend.PAIRS,
+                         gemm_update=backend.gemm_update())
             entry = (bound, backend.compile_bound(bound))
             self._compiled[key] = entry
         return entry

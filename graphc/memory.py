@@ -92,7 +92,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
 
     # Outputs computed by a kernel are written into arrays handed to the caller (recycled
     # once the caller drops them), not into the arena: no copy on the way out.
-    produced = {s for k in kernels if k.kind in ("fused", "op") for s in k.outputs}
+    produced = {s for k in kernels if k.kind in ("fused", "op", "gemm") for s in k.outputs}
     updated = {s for _, s in plan.updates}
     external = {base[s] for s in plan.outputs if base[s] in produced and base[s] not in updated}
 
@@ -105,7 +105,7 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
         ps = next(slot for pp, slot in plan.params if pp is p)
         reads_view = any(base[i] == ps and i != ps for i in k.inputs)
         out_shape = k.epilogue_shape if s in getattr(k, "epilogue", ()) else k.shape
-        if (k.kind == "fused" and out_shape == tuple(p.shape) and last.get(ps, -1) <= k_idx
+        if (k.kind in ("fused", "gemm") and out_shape == tuple(p.shape) and last.get(ps, -1) <= k_idx
                 and not reads_view and s not in plan.outputs):
             param_writes[s] = p
 

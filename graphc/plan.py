@@ -138,7 +138,7 @@ class BoundPlan:
         """Each kernel with the ops fused into it, its buffers, and the memory figures."""
         from .backends.codegen import build_expr
         mem = self.memory
-        n_fused = sum(1 for k in self.kernels if k.kind == "fused")
+        n_fused = sum(1 for k in self.kernels if k.kind in ("fused", "gemm"))
         n_ops = sum(1 for k in self.kernels if k.kind == "op")
         lines = [f"Bound plan: {n_fused + n_ops} kernels ({n_fused} fused, {n_ops} other), "
                  f"{sum(1 for k in self.kernels if k.kind == 'view')} views; "
@@ -157,6 +157,11 @@ class BoundPlan:
                 expr = build_expr(k, self.plan, self.shapes)
                 lines.append(f"  {outs:<12} = fused[{expr.describe()}]({ins})  over "
                              f"{_fmt_shape(k.shape)}{where}")
+            elif k.kind == "gemm":
+                node = k.steps[0].node
+                src = f"  @ {node.source}" if node.source else ""
+                lines.append(f"  {outs:<12} = gemm[{' -> '.join(k.ops)}]({ins})  "
+                             f"{_shape_str(self, k.outputs[0])}{where}{src}")
             else:
                 node = k.steps[0].node
                 src = f"  @ {node.source}" if node.source else ""
@@ -187,7 +192,7 @@ class BoundPlan:
         for st in self.plan.steps:
             label[st.slot] = f"%{st.slot} {st.op.name}\\n{_shape_str(self, st.slot)}"
         for i, k in enumerate(self.kernels):
-            if k.kind == "fused":
+            if k.kind in ("fused", "gemm"):
                 lines.append(f"  subgraph cluster_{i} {{ label=\"kernel {i}\"; style=filled; "
                              "color=lightgrey;")
                 lines += [f"    n{st.slot};" for st in k.steps]
@@ -233,7 +238,8 @@ def _bytes(n: int) -> str:
         n /= 1024
 
 
-def bind(plan: Plan, feed_shapes: dict, fuse: bool = True, pairs=()) -> BoundPlan:
+def bind(plan: Plan, feed_shapes: dict, fuse: bool = True, pairs=(),
+         gemm_update: bool = False) -> BoundPlan:
     """Specialize a plan to concrete feed shapes: no-op removal, fusion, memory plan."""
     from .memory import plan_memory
     from .passes.fuse import group
@@ -251,7 +257,8 @@ def bind(plan: Plan, feed_shapes: dict, fuse: bool = True, pairs=()) -> BoundPla
     plan = Plan(plan.nodes, plan.feeds, plan.params, plan.consts, steps, plan.outputs,
                 plan.updates)
     folded = _fold_constants(plan, shapes, aliased)
-    kernels = group(plan, shapes, aliased, folded, fuse=fuse, pairs=pairs)
+    kernels = group(plan, shapes, aliased, folded, fuse=fuse, pairs=pairs,
+                    gemm_update=gemm_update)
     memory = plan_memory(kernels, plan, shapes)
     return BoundPlan(plan, shapes, kernels, memory, aliased, folded)
 

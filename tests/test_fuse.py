@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends import numba_cpu
+from graphc.backends import blas, numba_cpu
+from graphc.backends import numpy as numpy_backend
 
 
-def _kernels(fn, kinds=("fused", "op")):
+def _kernels(fn, kinds=("fused", "op", "gemm")):
     return [k for k in fn.plan.kernels if k.kind in kinds]
 
 
@@ -47,8 +48,10 @@ def test_mlp_training_step_kernel_budget(rng):
     fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
     fn(feeds)
     kernels = _kernels(fn)
-    matmuls = sum(1 for k in kernels if k.ops == ["matmul"])
+    matmuls = sum(1 for k in kernels if k.ops[0] == "matmul")
     assert matmuls == 3 * 3 - 1  # forward, weight gradients, no gradient for the input x
+    if blas.available():  # each weight update rides in its gradient's GEMM
+        assert sum(1 for k in kernels if k.kind == "gemm") == 3, fn.plan
     loss_kernels = [k for k in kernels if k.ops[0] in ("softmax_cross_entropy", "mean")]
     per_layer = (len(kernels) - matmuls - len(loss_kernels)) / (len(sizes) - 1)
     assert per_layer <= 3, fn.plan
@@ -135,3 +138,57 @@ def test_numba_kernels_serve_every_batch_size(monkeypatch, rng):
         xv = rng.normal(size=(batch, 7)).astype(np.float32)
         np.testing.assert_allclose(fn(x=xv), np.maximum(xv * 3.0 - 1.0, 0), rtol=1e-6)
     assert len(compiled) == 2 and compiled[0].source == compiled[1].source
+
+
+needs_blas = pytest.mark.skipif(not blas.available(), reason="no BLAS that graphc can call")
+
+
+@needs_blas
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sgd_update_fused_into_gemm_matches_unfused(rng, dtype):
+    sizes = (12, 16, 4)
+
+    def run(optimize):
+        with gc.Graph():
+            x = gc.placeholder("x", (None, sizes[0]), dtype=dtype)
+            t = gc.placeholder("t", (None,), dtype="int32")
+            w0 = gc.parameter("w0", shape=sizes[:2], dtype=dtype, seed=1)
+            w1 = gc.parameter("w1", shape=sizes[1:], dtype=dtype, seed=2)
+            loss = gc.softmax_cross_entropy(gc.tanh(x @ w0) @ w1.T.T, t)
+            fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.3), optimize=optimize)
+            data = np.random.default_rng(5)
+            for _ in range(4):
+                fn(x=data.normal(size=(8, sizes[0])), t=data.integers(0, 4, 8))
+            return fn, w0.value, w1.value
+
+    fused, *got = run(True)
+    _, *want = run(False)
+    assert [k.ops for k in fused.plan.kernels if k.kind == "gemm"] == \
+        [["matmul", "mul", "sub"]] * 2, fused.plan
+    assert "gemm[matmul -> mul -> sub]" in str(fused.plan)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@needs_blas
+def test_no_gemm_update_when_the_weight_is_read_afterwards(rng):
+    x = gc.placeholder("x", (None, 6))
+    w = gc.parameter("w", shape=(6, 3), seed=0)
+    loss = gc.sum(gc.square(x @ w))
+    new_w = w - 0.1 * gc.grad(loss, w)
+    fn = gc.compile([loss, w * 2.0], updates={w: new_w})  # w * 2 reads the old w
+    old = w.value.copy()
+    xv = rng.normal(size=(5, 6)).astype(np.float32)
+    _, doubled = fn(x=xv)
+    np.testing.assert_allclose(doubled, old * 2)
+    np.testing.assert_allclose(w.value, old - 0.1 * 2 * xv.T @ (xv @ old), rtol=1e-5)
+
+
+def test_without_a_callable_blas_the_update_is_a_separate_kernel(rng, monkeypatch):
+    monkeypatch.setattr(numpy_backend, "gemm_update", lambda: False)
+    loss, feeds = _mlp((10, 8, 3), 4, rng)
+    fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+    fn(feeds)
+    assert not any(k.kind == "gemm" for k in fn.plan.kernels)
+    assert any(k.ops == ["mul", "sub"] for k in fn.plan.kernels)

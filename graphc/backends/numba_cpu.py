@@ -80,8 +80,19 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
     params = [f"i{k}" for k in range(n_in)] + [f"o{k}" for k in range(n_out)] + \
         [f"a{k}" for k in range(n_red)] + [f"n{d}" for d in range(len(shape))]
     body = []
+    # Without reductions, each input is loaded in the outermost loop where its index is
+    # fixed (a learning rate before the loops): left in the inner loop, such a load may
+    # alias the stores and LLVM keeps the loop scalar (measured: 0.69 -> 0.53 ms for an SGD
+    # update of 1M floats). With a reduction the hoisted form measured 5x slower, so there
+    # every load stays innermost.
+    loads: dict[int, list] = {}
+    innermost = len(shape) - 1
     for k, (_, in_shape) in enumerate(expr.inputs):
-        body.append(f"x{k} = i{k}{_index(in_shape, shape, loop_vars)}")
+        index = _index(in_shape, shape, loop_vars)
+        depth = innermost if expr.reductions else max(
+            (loop_vars.index(v) for v in index.strip("[]").split(", ") if v in loop_vars),
+            default=-1)
+        loads.setdefault(depth, []).append(f"x{k} = i{k}{index}")
     for j, ins in enumerate(expr.instrs):
         args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in ins.args]
         dt = np.dtype(ins.dtype)
@@ -119,9 +130,11 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
     lines += ["", "@numba.njit(cache=True, nogil=True, error_model='numpy')",
               f"def kernel({', '.join(params)}):"]
     indent = "    "
+    lines += [indent + b for b in loads.get(-1, [])]
     for d, v in enumerate(loop_vars):
         lines.append(f"{indent}for {v} in range(n{d}):")
         indent += "    "
+        lines += [indent + b for b in loads.get(d, [])]
     lines += [indent + b for b in body]
     return "\n".join(lines) + "\n", consts
 

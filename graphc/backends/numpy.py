@@ -13,10 +13,15 @@ import numpy as np
 
 from ..plan import BoundPlan
 from ..passes.fuse import data_inputs
-from . import codegen, numba_cpu
+from . import blas, codegen, numba_cpu
 from .numpy_kernels import INTO, PAIRS as _PAIR_KERNELS
 
 PAIRS = tuple(_PAIR_KERNELS)  # op pairs this backend computes in one kernel
+
+
+def gemm_update() -> bool:
+    """Whether this backend fuses SGD updates into their GEMM (a BLAS it can call)."""
+    return blas.available()
 
 name = "numpy"
 
@@ -168,6 +173,13 @@ class _Builder:
             slots = [s for s, _ in epi.inputs] + [s for s, _ in epi.outputs]
             self.lines.append(f"    E{i}({', '.join(self.ref(s) for s in slots)})")
 
+    def _gemm(self, i, k):
+        """W = W - lr * (A @ B) as one GEMM with alpha = -lr, beta = 1 (see fuse_gemm_updates)."""
+        a, b, lr, w = (self.ref(s) for s in k.inputs)
+        out = self.ref(k.outputs[0])
+        self.ns[f"G{i}"] = _gemm_update(blas.gemm(self.bp.plan.nodes[k.outputs[0]].dtype))
+        self.lines.append(f"    G{i}({a}, {b}, {lr}, {w}, {out})")
+
     def _updates(self):
         """Updates not written in place: snapshot values that alias a parameter first (so
         every right-hand side is an old value), then copy into the parameters."""
@@ -187,6 +199,14 @@ class _Builder:
         arr = self.fixed.get(slot)
         return arr is not None and any(np.shares_memory(arr, p._value)
                                        for p, _ in self.bp.plan.params)
+
+
+def _gemm_update(gemm):
+    def kernel(a, b, lr, w, out):
+        if out is not w:  # not granted the parameter's storage: start from a copy
+            np.copyto(out, w)
+        gemm(a, b, out, -float(lr), 1.0)
+    return kernel
 
 
 def _recycler(shape, dtype, keep: int = 3):

@@ -59,10 +59,11 @@ def data_inputs(step) -> list:
 
 
 def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
-          pairs=()) -> list[Kernel]:
+          pairs=(), gemm_update: bool = False) -> list[Kernel]:
     """Partition the plan's steps into kernels (see module docstring). `pairs` names
     (first op, second op) that the backend computes together in one kernel when the second
-    reads the first's inputs (softmax cross-entropy and its gradient)."""
+    reads the first's inputs (softmax cross-entropy and its gradient). `gemm_update`: the
+    backend runs `W - lr * (A @ B)` as one GEMM into W (see fuse_gemm_updates)."""
     producer: dict[int, int] = {}  # slot -> index of its step
     for i, step in enumerate(plan.steps):
         producer[step.slot] = i
@@ -147,7 +148,62 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
         if k.kind == "fused":
             k.steps.sort(key=lambda st: producer[st.slot])  # merged groups: back in order
             _finish(k, shapes, readers, roots)
-    return _order(kernels, producer, owner)
+    ordered = _order(kernels, producer, owner)
+    if fuse and gemm_update:
+        ordered = fuse_gemm_updates(ordered, plan, shapes, aliased)
+    return ordered
+
+
+def fuse_gemm_updates(kernels: list[Kernel], plan, shapes, aliased=()) -> list[Kernel]:
+    """Matmul epilogue fusion for SGD: a matmul whose result G only feeds `W - lr * G`, the
+    in-place update of parameter W (no later reader), becomes one "gemm" kernel computing
+    W += (-lr) * A @ B. The gradient is never stored and the update costs no extra pass."""
+    producer = {s: k for k in kernels for s in k.outputs}
+    readers: dict[int, list] = {}
+    for k in kernels:
+        for s in k.inputs:
+            readers.setdefault(s, []).append(k)
+    base = {}
+    for k in kernels:
+        if k.kind in ("view", "alias"):
+            base[k.outputs[0]] = base.get(k.inputs[0], k.inputs[0])
+    param_slots = {s for _, s in plan.params}
+    updated = {s: p for p, s in plan.updates}
+    roots = set(plan.outputs)
+    position = {id(k): i for i, k in enumerate(kernels)}
+    merged: dict[int, Kernel] = {}  # id(update kernel) -> gemm kernel
+    dropped: set[int] = set()
+    for k in kernels:
+        if k.kind != "fused" or len(k.steps) != 2 or k.reductions or k.epilogue:
+            continue
+        mul, sub = k.steps
+        if mul.op.name != "mul" or sub.op.name != "sub" or sub.inputs[1] != mul.slot:
+            continue
+        w = sub.inputs[0]
+        if w not in param_slots or sub.slot not in updated or sub.slot in roots \
+                or k.outputs != [sub.slot]:
+            continue
+        lr = next((s for s in mul.inputs if tuple(shapes[s]) == ()), None)
+        g = next((s for s in mul.inputs if s != lr), None)
+        m = producer.get(g)
+        if lr is None or m is None or m.kind != "op" or len(m.steps) != 1 \
+                or m.steps[0].op.name != "matmul" or g in roots \
+                or readers.get(g) != [k] or len(shapes[g]) != 2:
+            continue
+        a, b = m.steps[0].inputs
+        dtype = np.dtype(sub.node.dtype)
+        if dtype.name not in ("float32", "float64") or len(shapes[a]) != 2 \
+                or len(shapes[b]) != 2 or tuple(shapes[w]) != tuple(shapes[g]) \
+                or any(np.dtype(plan.nodes[s].dtype) != dtype for s in (a, b, lr, g)):
+            continue
+        later = kernels[position[id(k)] + 1:]
+        if any(base.get(s, s) == w for s in (a, b)) or any(
+                base.get(s, s) == w for j in later for s in j.inputs):
+            continue  # W must be read last here: GEMM writes it in place
+        merged[id(k)] = Kernel("gemm", [m.steps[0], mul, sub], [a, b, lr, w], [sub.slot],
+                               shape=tuple(shapes[w]))
+        dropped.add(id(m))
+    return [merged.get(id(k), k) for k in kernels if id(k) not in dropped]
 
 
 def _join_epilogue(i, step, shape, producer, owner, members, legal) -> bool:
