@@ -41,6 +41,8 @@ def _reference(w):
         return None  # then the first system that runs is the reference
     from .suite import AGREE_STEPS, _fingerprints
     from .workloads import make_data
+    if not NumpyNaive().supports(w):
+        return None
     runner = NumpyNaive().build(w, make_data(w))
     return _fingerprints(runner, AGREE_STEPS)
 

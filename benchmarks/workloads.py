@@ -11,6 +11,15 @@ Kinds:
   one step = loss and d loss / d x (no parameters).
 - "softmax_xent": loss = mean softmax cross-entropy of given logits; one step = loss and
   d loss / d logits (no parameters).
+- "lenet": LeNet-5 on 1 x 28 x 28 images: conv 5x5 (6, padding 2), ReLU, max-pool 2;
+  conv 5x5 (16), ReLU, max-pool 2; Dense 400-120-84-10 with ReLU between; softmax
+  cross-entropy, SGD. Weights in torch's layouts (conv (out, in, kh, kw), Dense (out, in)).
+- "lstm": one torch-layout LSTM layer (gates i, f, g, o; zero initial state) over `steps`
+  time steps of (batch, input) inputs, a Dense layer on the last hidden state, softmax
+  cross-entropy, SGD: forward, backprop through time, update.
+- "adam": the Adam update alone (torch defaults, lr 1e-3, step 1 onward) over `tensors`
+  parameters of `size` / `tensors` floats each, with fixed given gradients. `loss` is the
+  checksum sum(p) over all parameters after the step.
 """
 from __future__ import annotations
 
@@ -48,7 +57,10 @@ class Workload:
     layers: tuple = ()  # mlp: (in, hidden..., classes)
     activation: str = "relu"  # mlp: "relu" | "tanh"
     lr: float = 0.01
-    size: int = 0  # elementwise: number of floats
+    size: int = 0  # elementwise, adam: number of floats
+    tensors: int = 0  # adam: how many parameters the floats are split into
+    steps: int = 0  # lstm: sequence length
+    hidden: int = 0  # lstm: hidden size (layers[0] is the input size, layers[-1] classes)
     classes: int = 0  # softmax_xent: row length
     devices: tuple = ("cpu", "gpu")
     extra: dict = field(default_factory=dict)
@@ -64,11 +76,24 @@ class Workload:
         if self.kind == "elementwise":
             return (f"{len(ELEMENTWISE_CHAIN)} elementwise ops over {self.size / 2**20:g}M "
                     "floats, forward + input gradient")
+        if self.kind == "lenet":
+            return f"LeNet-5 on 28 x 28 images, batch {self.batch}, SGD step"
+        if self.kind == "lstm":
+            return (f"LSTM {self.layers[0]}->{self.hidden} over {self.steps} steps, batch "
+                    f"{self.batch}, BPTT + SGD step")
+        if self.kind == "adam":
+            return (f"Adam update of {self.size / 1e6:g}M parameters in {self.tensors} "
+                    "tensors")
         return f"softmax cross-entropy loss + gradient, {self.batch} x {self.classes} logits"
 
     # --- floors --------------------------------------------------------------------------
     def flops(self) -> float:
         """Matmul FLOPs one step must do (no gradient for the input data)."""
+        if self.kind == "lstm":
+            n_in, h, t, b = self.layers[0], self.hidden, self.steps, self.batch
+            # input and recurrent projections: forward, weight gradient, input gradient
+            # (none for the data); the output layer likewise
+            return 2.0 * t * b * 4 * h * (2 * n_in + 3 * h) + 2.0 * b * h * self.layers[-1] * 3
         if self.kind != "mlp":
             return 0.0
         total = 0.0
@@ -83,10 +108,12 @@ class Workload:
             return 2.0 * 4 * self.size
         if self.kind == "softmax_xent":
             return 2.0 * 4 * self.batch * self.classes + 4 * self.batch
+        if self.kind == "adam":  # read p, g, m, v; write p, m, v
+            return 7.0 * 4 * self.size
         return 0.0
 
     def samples(self) -> int:
-        return self.batch if self.kind != "elementwise" else 1
+        return self.batch if self.kind not in ("elementwise", "adam") else 1
 
     def with_batch(self, batch: int) -> "Workload":
         return replace(self, name=f"{self.name}@b{batch}", batch=batch)
@@ -115,7 +142,31 @@ def make_data(w: Workload, seed: int = 0) -> dict:
         return {"params": [],
                 "x": rng.normal(size=(w.batch, w.classes)).astype(np.float32),
                 "labels": rng.integers(0, w.classes, size=w.batch).astype(np.int32)}
+    if w.kind == "lenet":
+        shapes = [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,), (120, 400), (120,), (84, 120),
+                  (84,), (10, 84), (10,)]
+        return {"params": [_uniform(rng, s, shapes[i - 1] if len(s) == 1 else s)
+                           for i, s in enumerate(shapes)],
+                "x": rng.normal(size=(w.batch, 1, 28, 28)).astype(np.float32),
+                "labels": rng.integers(0, 10, size=w.batch).astype(np.int32)}
+    if w.kind == "lstm":
+        n_in, h, classes = w.layers[0], w.hidden, w.layers[-1]
+        shapes = [(4 * h, n_in), (4 * h, h), (4 * h,), (4 * h,), (classes, h), (classes,)]
+        return {"params": [_uniform(rng, s, (1, h)) for s in shapes],
+                "x": rng.normal(size=(w.steps, w.batch, n_in)).astype(np.float32),
+                "labels": rng.integers(0, classes, size=w.batch).astype(np.int32)}
+    if w.kind == "adam":
+        n = w.size // w.tensors
+        return {"params": [rng.normal(size=n).astype(np.float32) for _ in range(w.tensors)],
+                "grads": [rng.normal(size=n).astype(np.float32) for _ in range(w.tensors)]}
     raise ValueError(f"unknown workload kind {w.kind!r}")
+
+
+def _uniform(rng, shape, fan_shape) -> np.ndarray:
+    """torch's default layer initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    fan_in = int(np.prod(fan_shape[1:]))
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, shape).astype(np.float32)
 
 
 WORKLOADS: dict[str, Workload] = {}
@@ -135,6 +186,9 @@ register(Workload("deep-narrow", "mlp", batch=64, layers=(256,) * 33 + (10,),
                   activation="tanh"))
 register(Workload("elementwise", "elementwise", size=16 * 2**20))
 register(Workload("softmax-xent", "softmax_xent", batch=8192, classes=32000))
+register(Workload("lenet", "lenet", batch=256, lr=0.05))
+register(Workload("lstm", "lstm", batch=64, layers=(128, 10), steps=64, hidden=512, lr=0.1))
+register(Workload("adam", "adam", size=100_000_000, tensors=100))
 
 # Small variants for --quick (a 2-core CPU finishes the whole quick suite in < 2 minutes).
 QUICK: dict[str, Workload] = {
@@ -144,4 +198,7 @@ QUICK: dict[str, Workload] = {
     "deep-narrow": replace(WORKLOADS["deep-narrow"], layers=(256,) * 9 + (10,)),
     "elementwise": replace(WORKLOADS["elementwise"], size=2**20),
     "softmax-xent": replace(WORKLOADS["softmax-xent"], batch=512, classes=8000),
+    "lenet": replace(WORKLOADS["lenet"], batch=32),
+    "lstm": replace(WORKLOADS["lstm"], batch=8, steps=8, hidden=64),
+    "adam": replace(WORKLOADS["adam"], size=1_000_000, tensors=10),
 }

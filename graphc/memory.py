@@ -18,7 +18,7 @@ ALIGN = 64
 class MemoryPlan:
     offsets: dict  # slot -> byte offset in the arena
     arena_bytes: int
-    lower_bound: int  # most bytes live at once (the liveness bound without in-place reuse)
+    lower_bound: int  # most bytes live at once (liveness, with the in-place writes)
     naive_bytes: int  # one buffer per node
     inplace: dict = field(default_factory=dict)  # out slot -> input slot whose range it takes
     param_writes: dict = field(default_factory=dict)  # update slot -> parameter written in place
@@ -138,17 +138,20 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
         for s in [s for s in alive if last.get(s, i) <= i]:
             arena.release(offsets[s], size[s])
             alive.remove(s)
-    lower = _liveness_bound(born, last, size, len(kernels))
+    lower = _liveness_bound(born, last, size, len(kernels), inplace)
     naive = sum(size[st.slot] for st in plan.steps)
     return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external)
 
 
-def _liveness_bound(born: dict, last: dict, size: list, n: int) -> int:
-    """Most bytes live at once if every value had its own range for exactly its lifetime."""
+def _liveness_bound(born: dict, last: dict, size: list, n: int, inplace: dict) -> int:
+    """Most bytes live at once if every value had its own range for exactly its lifetime
+    (a value written in place of an input that dies there inherits the input's bytes)."""
     delta = [0] * (n + 2)
+    handed = {donor: born[out] for out, donor in inplace.items()}
     for s, b in born.items():
         delta[b] += size[s]
-        delta[max(last.get(s, b), b) + 1] -= size[s]
+        end = handed[s] - 1 if s in handed else max(last.get(s, b), b)
+        delta[end + 1] -= size[s]
     peak = cur = 0
     for d in delta:
         cur += d

@@ -44,9 +44,42 @@ def test_agreement_rule():
     assert not agrees(ref, ref * 1.01, tf32=False)
     assert agrees(ref, ref * 1.01, tf32=True)
     assert not agrees(ref, np.array([np.nan, 2.29, 2.28]), tf32=False)
+    assert not agrees(ref, np.array([2.30, 2.31, 2.28]), tf32=False)  # every step counts
     grad = np.array([1.0, 1e-3, 4.0])  # loss, sum(g) ~ 0, sum(g^2)
-    assert agrees(grad, grad + [0, 1e-3, 0], tf32=False)
-    assert not agrees(grad, grad + [0, 0, 0.1], tf32=False)
+    assert agrees(grad, grad + [0, 1e-3, 0], tf32=False, width=3)
+    assert not agrees(grad, grad + [0, 0, 0.1], tf32=False, width=3)
+    checksums = np.array([-1001.17, -1797.99, -2594.82])  # adam: sum(p * g), negative
+    assert agrees(checksums, checksums + 0.01, tf32=False)
+    assert not agrees(checksums, checksums + [0, 0, 5], tf32=False)
+
+
+def test_lenet_lstm_and_adam_rows_run_and_agree(tmp_path):
+    out = tmp_path / "bench.json"
+    code = bench.main(["--quick", "--workload", "lenet", "--workload", "lstm", "--workload",
+                       "adam", "--device", "cpu", "--no-sweeps", "--no-results", "--json",
+                       str(out), "--system", "graphc-numpy", "--system", "numpy-naive",
+                       "--system", "numpy-expert", "--system", "jax-jit"])
+    assert code == 0
+    rows = {(r["workload"], r["system"]): r for r in json.loads(out.read_text())["results"]}
+    for w in ("lenet", "lstm", "adam"):
+        assert rows[(w, "graphc-numpy")]["status"] == "ok", rows[(w, "graphc-numpy")]
+    # the hand-written Adam steps agree with graphc's (the reference is numpy-naive)
+    assert rows[("adam", "numpy-expert")]["status"] == "ok"
+    assert rows[("adam", "graphc-numpy")]["fingerprint"][0] < 0  # sum(p * g) falls
+    for r in rows.values():  # JAX, where installed, agrees too
+        assert r["status"] in ("ok", "skipped"), (r["workload"], r["system"], r["reason"])
+
+
+def test_new_workloads_floors():
+    adam = WORKLOADS["adam"]
+    assert adam.bytes_moved() == 7 * 4 * 100_000_000
+    data = make_data(QUICK["adam"])
+    assert len(data["params"]) == 10 and data["params"][0].shape == (100_000,)
+    lstm = WORKLOADS["lstm"]
+    h, n_in, t, b = 512, 128, 64, 64
+    assert lstm.flops() == 2 * t * b * 4 * h * (2 * n_in + 3 * h) + 2 * b * h * 10 * 3
+    assert [p.shape for p in make_data(QUICK["lenet"])["params"]][:4] == \
+        [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,)]
 
 
 def test_compile_time_reports_the_three_situations():

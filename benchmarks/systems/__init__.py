@@ -41,6 +41,7 @@ class System:
     name = "?"
     device = "cpu"  # "cpu" or "gpu"
     tf32 = False  # rows computed with TF32 matmuls are labelled and compared with TF32 peers
+    floor = False  # a lower bound (part of the step alone): timed, never agreement-checked
 
     def check(self) -> None:
         """Raise Unavailable(reason) when the system cannot run on this machine."""
@@ -66,6 +67,15 @@ def all_systems() -> list[System]:
             continue
         out.extend(cls() for cls in module.SYSTEMS)
     return out
+
+
+TRAINING_KINDS = ("mlp", "lenet", "lstm")  # steps whose fingerprint is [loss]
+
+
+def adam_fingerprint(params, grads) -> np.ndarray:
+    """[sum of p * g] after an Adam step: each step moves it by about -lr * sum |g|."""
+    return np.array([sum(float(np.dot(np.asarray(p, np.float64), np.asarray(g, np.float64)))
+                         for p, g in zip(params, grads))])
 
 
 def gradient_fingerprint(loss, grad) -> np.ndarray:

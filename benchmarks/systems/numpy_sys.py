@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..workloads import ELEMENTWISE_CHAIN
-from . import Runner, System, Unavailable, gradient_fingerprint
+from . import adam_fingerprint, Runner, System, Unavailable, gradient_fingerprint
 
-KINDS = ("mlp", "elementwise", "softmax_xent")
+KINDS = ("mlp", "elementwise", "softmax_xent", "adam")
 
 
 def _check_workload(workload) -> None:
@@ -98,6 +98,39 @@ def naive_elementwise(xp, x):
     return loss, g
 
 
+ADAM = dict(lr=1e-3, b1=0.9, b2=0.999, eps=1e-8)  # torch.optim.Adam's defaults
+
+
+class AdamState:
+    """Parameters, fixed gradients and moments of the `adam` workload on module `xp`."""
+
+    def __init__(self, xp, data):
+        self.p = [xp.array(a, dtype=np.float32) for a in data["params"]]
+        self.g = [xp.array(a, dtype=np.float32) for a in data["grads"]]
+        self.m = [xp.zeros_like(a) for a in self.p]
+        self.v = [xp.zeros_like(a) for a in self.p]
+        self.t = 0
+        self.grads = data["grads"]
+
+    def factors(self):
+        self.t += 1
+        c1 = 1 - ADAM["b1"] ** self.t
+        return ADAM["lr"] / c1, np.sqrt(1 - ADAM["b2"] ** self.t)
+
+    def fingerprint(self):
+        return adam_fingerprint([np.asarray(getattr(p, "get", lambda: p)()) for p in self.p],
+                                self.grads)
+
+
+def naive_adam(xp, s: AdamState) -> None:
+    step, c2 = s.factors()
+    b1, b2, eps = ADAM["b1"], ADAM["b2"], ADAM["eps"]
+    for i, g in enumerate(s.g):
+        s.m[i] = b1 * s.m[i] + (1 - b1) * g
+        s.v[i] = b2 * s.v[i] + (1 - b2) * g * g
+        s.p[i] = s.p[i] - step * s.m[i] / (xp.sqrt(s.v[i]) / c2 + eps)
+
+
 class NaiveRunner(Runner):
     """The obvious step on arrays of module `xp` (NumPy here, CuPy in cupy_sys)."""
 
@@ -109,13 +142,16 @@ class NaiveRunner(Runner):
         self.kind = workload.kind
         self.activation, self.lr = workload.activation, workload.lr
         self.params = [xp.array(p, dtype=np.float32) for p in data["params"]]
-        self.x = xp.array(data["x"], dtype=np.float32)
+        self.x = xp.array(data["x"], dtype=np.float32) if "x" in data else None
         self.labels = xp.array(data["labels"]) if "labels" in data else None
+        self.adam = AdamState(xp, data) if self.kind == "adam" else None
         self.loss = self.grad = None
 
     def step(self):
         xp = self.xp
-        if self.kind == "mlp":
+        if self.kind == "adam":
+            naive_adam(xp, self.adam)
+        elif self.kind == "mlp":
             self.loss = naive_mlp_step(xp, self.params, self.x, self.labels,
                                        self.activation, self.lr)
         elif self.kind == "elementwise":
@@ -124,6 +160,8 @@ class NaiveRunner(Runner):
             self.loss, self.grad = naive_xent(xp, self.x, self.labels)
 
     def fingerprint(self):
+        if self.kind == "adam":
+            return self.adam.fingerprint()
         if self.kind == "mlp":
             return np.array([float(self.loss)])
         return gradient_fingerprint(self.loss, self.grad)
@@ -302,7 +340,34 @@ class ExpertXent:
         expert_xent(self.xp, self.x, self.buffers)
 
 
-EXPERT = {"mlp": ExpertMLP, "elementwise": ExpertElementwise, "softmax_xent": ExpertXent}
+class ExpertAdam:
+    """Adam in place, through one scratch buffer per parameter."""
+
+    def __init__(self, xp, workload, data):
+        self.xp, self.s = xp, AdamState(xp, data)
+        self.scratch = [xp.empty_like(p) for p in self.s.p]
+
+    def step(self):
+        xp, s = self.xp, self.s
+        step, c2 = s.factors()
+        b1, b2, eps = ADAM["b1"], ADAM["b2"], ADAM["eps"]
+        for p, g, m, v, t in zip(s.p, s.g, s.m, s.v, self.scratch):
+            m *= b1
+            xp.multiply(g, 1 - b1, out=t)
+            m += t
+            v *= b2
+            xp.multiply(g, g, out=t)
+            t *= 1 - b2
+            v += t
+            xp.sqrt(v, out=t)
+            t *= 1 / c2
+            t += eps
+            xp.divide(m, t, out=t)
+            t *= step
+            p -= t
+
+
+EXPERT = {"adam": ExpertAdam, "mlp": ExpertMLP, "elementwise": ExpertElementwise, "softmax_xent": ExpertXent}
 
 
 class ExpertRunner(Runner):
@@ -320,6 +385,8 @@ class ExpertRunner(Runner):
         self.impl.step()
 
     def fingerprint(self):
+        if self.kind == "adam":
+            return self.impl.s.fingerprint()
         if self.kind == "mlp":
             return np.array([float(self.impl.loss)])
         return gradient_fingerprint(float(self.impl.loss), self.impl.grad)
@@ -342,4 +409,40 @@ class NumpyExpert(NumpyNaive):
     runner = ExpertRunner
 
 
-SYSTEMS = [NumpyNaive, NumpyExpert]
+class MatmulFloorRunner(Runner):
+    """The step's matrix multiplications alone, into preallocated outputs: forward, weight
+    gradients and input gradients (none for the data), shapes and transposes as the step's.
+    No implementation of the step can beat it on the CPU, where the matmuls dominate."""
+
+    def __init__(self, workload, data):
+        impl = ExpertMLP(np, workload, data)
+        calls = []
+        h = impl.x
+        for w, z in zip(impl.W, impl.z):
+            calls.append((h, w, z))
+            h = z
+        for i in range(len(impl.W) - 1, -1, -1):
+            h_in = impl.x if i == 0 else impl.z[i - 1]
+            calls.append((h_in.T, impl.z[i], impl.dW[i]))
+            if i > 0:
+                calls.append((impl.z[i], impl.W[i].T, impl.dh[i - 1]))
+        self.calls = calls
+
+    def step(self):
+        for a, b, out in self.calls:
+            np.matmul(a, b, out=out)
+
+    def fingerprint(self):
+        return np.array([np.nan])
+
+
+class NumpyMatmulFloor(NumpyNaive):
+    name = "blas-floor"
+    runner = MatmulFloorRunner
+    floor = True
+
+    def supports(self, workload):
+        return workload.kind == "mlp"
+
+
+SYSTEMS = [NumpyNaive, NumpyExpert, NumpyMatmulFloor]
