@@ -131,7 +131,7 @@ def test_numba_kernels_serve_every_batch_size(monkeypatch, rng):
     compiled = []
     original = numba_cpu.compile_numba
     monkeypatch.setattr(numba_cpu, "compile_numba",
-                        lambda expr: compiled.append(original(expr)) or compiled[-1])
+                        lambda expr, shared=None: compiled.append(original(expr, shared)) or compiled[-1])
     x = gc.placeholder("x", (None, 7))
     fn = gc.compile(gc.relu(x * 3.0 - 1.0))
     for batch in (4, 9):
@@ -192,3 +192,35 @@ def test_without_a_callable_blas_the_update_is_a_separate_kernel(rng, monkeypatc
     fn(feeds)
     assert not any(k.kind == "gemm" for k in fn.plan.kernels)
     assert any(k.ops == ["mul", "sub"] for k in fn.plan.kernels)
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_in_place_numba_update_stores_through_its_input(monkeypatch):
+    """Adam's moments and parameter are written over their own buffers: the Numba kernel
+    takes each once (fewer arrays, so LLVM can vectorize) and computes the same steps."""
+    monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 0)
+    sources = []
+    original = numba_cpu.compile_numba
+
+    def spy(expr, shared=None):
+        kernel = original(expr, shared)
+        sources.append((shared, kernel.source))
+        return kernel
+    monkeypatch.setattr(numba_cpu, "compile_numba", spy)
+    grads = np.random.default_rng(3).normal(size=(64, 33))
+
+    def run(optimize):
+        with gc.Graph():
+            p = gc.parameter("p", shape=(64, 33), dtype="float64", seed=4)
+            loss = gc.sum(p * gc.constant(grads))
+            fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01), optimize=optimize)
+            for _ in range(3):
+                fn()
+            return p.value.copy()
+    got, want = run(True), run(False)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    update = [(sh, src) for sh, src in sources if sh and len(sh) == 3]
+    assert update, sources  # exp_avg, exp_avg_sq and p written in place
+    shared, src = update[0]
+    for k, j in shared.items():
+        assert f"o{k}" not in src and f"i{j}[j0, j1] = " in src

@@ -68,16 +68,23 @@ def _index(in_shape, shape, loop_vars) -> str:
     return "[" + ", ".join(parts) + "]" if parts else "[()]"
 
 
-def print_numba(expr: FusedExpr) -> tuple[str, dict]:
+def print_numba(expr: FusedExpr, shared=None) -> tuple[str, dict]:
     """Source of `kernel(*inputs, *outputs, *accumulators, *extents)` (accumulators: float64,
     the reductions' keepdims shapes; extents: the iteration shape) and the constants it
     names. Extents are arguments, not literals, so one compiled kernel serves every shape
-    with the same broadcasting pattern (a new batch size compiles nothing)."""
+    with the same broadcasting pattern (a new batch size compiles nothing).
+
+    `shared` maps an output to the input whose buffer it overwrites (in place): the kernel
+    then stores through the input and takes no separate output. Fewer distinct arrays means
+    fewer runtime alias checks, and LLVM gives up vectorizing a loop that needs more than 8
+    (an Adam update over 7 arrays ran scalar, 3.5x slower)."""
+    shared = shared or {}
     shape = expr.shape
     loop_vars = [f"j{d}" for d in range(len(shape))]
     consts: dict = {}
     n_in, n_out, n_red = len(expr.inputs), len(expr.outputs), len(expr.reductions)
-    params = [f"i{k}" for k in range(n_in)] + [f"o{k}" for k in range(n_out)] + \
+    params = [f"i{k}" for k in range(n_in)] + [f"o{k}" for k in range(n_out)
+                                               if k not in shared] + \
         [f"a{k}" for k in range(n_red)] + [f"n{d}" for d in range(len(shape))]
     body = []
     # Without reductions, each input is loaded in the outermost loop where its index is
@@ -113,7 +120,7 @@ def print_numba(expr: FusedExpr) -> tuple[str, dict]:
         body.append(f"t{j} = {code}")
     idx = "[" + ", ".join(loop_vars) + "]" if shape else "[()]"
     for k, (_, j) in enumerate(expr.outputs):
-        body.append(f"o{k}{idx} = t{j}")
+        body.append(f"{f'i{shared[k]}' if k in shared else f'o{k}'}{idx} = t{j}")
     for k, (_, j, axes, _, _) in enumerate(expr.reductions):
         r_idx = [("0" if d in axes else v) for d, v in enumerate(loop_vars)]
         body.append(f"a{k}[{', '.join(r_idx)}] += t{j}" if r_idx else f"a{k}[()] += t{j}")
@@ -158,9 +165,11 @@ def _load(source: str):
     return module.kernel
 
 
-def compile_numba(expr: FusedExpr):
-    """A callable kernel(*inputs, *outputs, *reductions) running one Numba loop nest."""
-    source, _ = print_numba(expr)
+def compile_numba(expr: FusedExpr, shared=None):
+    """A callable kernel(*inputs, *outputs, *reductions) running one Numba loop nest;
+    `shared`: see print_numba (the caller promises those outputs are those inputs)."""
+    shared = shared or {}
+    source, _ = print_numba(expr, shared)
     jit = _load(source)
     shape = expr.shape
     reds = []
@@ -169,13 +178,14 @@ def compile_numba(expr: FusedExpr):
         count = int(np.prod([shape[a] for a in axes], dtype=np.int64)) if kind == "mean" else 1
         reds.append((np.zeros(kd, np.float64), kd, count))
     n_in, n_out = len(expr.inputs), len(expr.outputs)
+    kept = [k for k in range(n_out) if k not in shared]
 
     def kernel(*arrays):
         accs = []
         for acc, _, _ in reds:
             acc[...] = 0.0
             accs.append(acc)
-        jit(*arrays[:n_in + n_out], *accs, *shape)
+        jit(*arrays[:n_in], *[arrays[n_in + k] for k in kept], *accs, *shape)
         for (acc, kd, count), out in zip(reds, arrays[n_in + n_out:]):
             if count != 1:
                 acc /= count
