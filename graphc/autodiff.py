@@ -94,11 +94,40 @@ def _on_path(order: list[Tensor], sources: set[int]) -> set[int]:
 
 
 def _sum(terms: list[Tensor]) -> Tensor:
-    terms = _merge_slice_gradients(terms)
+    terms = _merge_matmul_terms(_merge_slice_gradients(terms))
     total = terms[0]
     for t in terms[1:]:
         total = total + t
     return total
+
+
+def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
+    """sum_t A_t @ B_t = [A_1 ... A_T] @ [B_1; ...; B_T]: the weight gradient of a layer
+    applied T times (an unrolled RNN) becomes one GEMM over the stacked steps instead of T
+    full-size products and their sum. A_t = X_t^T (the usual case) is stacked as X_t rows."""
+    from .ops import concat, matmul, transpose
+
+    def plain(t):
+        return t.op.name == "matmul" and all(len(x.shape) == 2 for x in t.inputs)
+
+    def is_t(x):
+        return x.op.name == "transpose" and x.attrs.get("axes") in (None, (1, 0), [1, 0])
+
+    products = [t for t in terms if plain(t)]
+    wrapped = [t for t in terms if is_t(t) and plain(t.inputs[0])]
+    for group, outer in ((products, False), (wrapped, True)):
+        mms = [t.inputs[0] if outer else t for t in group]
+        if len(mms) < 2 or len({(m.dtype, m.shape) for m in mms}) != 1:
+            continue
+        lhs = [m.inputs[0] for m in mms]
+        if all(is_t(a) for a in lhs):
+            a = transpose(concat([a.inputs[0] for a in lhs], axis=0))
+        else:
+            a = concat(lhs, axis=1)
+        merged = matmul(a, concat([m.inputs[1] for m in mms], axis=0))
+        kept = [t for t in terms if not any(t is g for g in group)]
+        terms = kept + [transpose(merged) if outer else merged]
+    return terms
 
 
 def _merge_slice_gradients(terms: list[Tensor]) -> list[Tensor]:

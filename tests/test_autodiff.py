@@ -116,3 +116,22 @@ def test_gradients_of_many_slices_merge_into_one_scatter(rng):
     assert ops.count("scatter_slices") == 1 and "getitem_grad" not in ops
     check_grads(y, x, {x: rng.normal(size=(2, 4, 6))})
     check_grads(gc.sum(g * g), x, {x: rng.normal(size=(2, 4, 6))})
+
+
+def test_weight_shared_across_steps_gets_one_stacked_gemm():
+    """An unrolled recurrence: W's gradient is one matmul over the stacked steps, not one
+    product per step plus their sum, and it is still the true gradient."""
+    from graphc.testing import check_grads
+    with gc.Graph():
+        w = gc.parameter("w", shape=(3, 3), dtype="float64", seed=0)
+        x = gc.placeholder("x", (4, 2, 3), dtype="float64")
+        h = None
+        for t in range(4):
+            z = x[t] if h is None else x[t] + h @ w.T
+            h = gc.tanh(z)
+        loss = gc.sum(h * h)
+        (gw,) = gc.grad(loss, [w])
+        matmuls = [n for n in gc.graph.topo_order([gw]) if n.op is not None
+                   and n.op.name == "matmul" and n.shape == (3, 3)]
+        assert len(matmuls) == 1 and matmuls[0].inputs[0].shape == (3, 6)  # 3 steps stacked
+        check_grads(loss, [w], {x: np.random.default_rng(0).normal(size=(4, 2, 3))})
