@@ -18,8 +18,8 @@ Kinds:
   time steps of (batch, input) inputs, a Dense layer on the last hidden state, softmax
   cross-entropy, SGD: forward, backprop through time, update.
 - "adam": the Adam update alone (torch defaults, lr 1e-3, step 1 onward) over `tensors`
-  parameters of `size` / `tensors` floats each, with fixed given gradients. `loss` is the
-  checksum sum(p) over all parameters after the step.
+  parameters of `size` / `tensors` floats each, with fixed given gradients. The fingerprint
+  is sum(p * g) over all parameters after the step (systems.adam_fingerprint).
 """
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
         return t.op.name == "matmul" and all(len(x.shape) == 2 for x in t.inputs)
 
     def is_t(x):
-        return x.op.name == "transpose" and x.attrs.get("axes") in (None, (1, 0), [1, 0])
+        return x.op.name == "transpose" and x.attrs["axes"] == (1, 0)
 
     products = [t for t in terms if plain(t)]
     wrapped = [t for t in terms if is_t(t) and plain(t.inputs[0])]

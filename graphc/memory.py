@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .passes.fuse import view_bases
+
 ALIGN = 64
 
 
@@ -76,12 +78,8 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
     dtypes = [n.dtype for n in plan.nodes]
     size = [nbytes(shapes[s], dtypes[s]) for s in range(len(plan.nodes))]
     leaves = {s for _, s in plan.feeds} | {s for _, s in plan.params} | {s for _, s in plan.consts}
-    base = {s: s for s in range(len(plan.nodes))}
-    for k in kernels:
-        if k.kind in ("view", "alias"):
-            base[k.outputs[0]] = base[k.inputs[0]]
-        elif k.kind == "const":
-            leaves.add(k.outputs[0])
+    base = view_bases(kernels, len(plan.nodes))
+    leaves |= {k.outputs[0] for k in kernels if k.kind == "const"}
     end = len(kernels)
     last: dict[int, int] = {}
     for i, k in enumerate(kernels):

@@ -157,16 +157,12 @@ class BoundPlan:
                 expr = build_expr(k, self.plan, self.shapes)
                 lines.append(f"  {outs:<12} = fused[{expr.describe()}]({ins})  over "
                              f"{_fmt_shape(k.shape)}{where}")
-            elif k.kind == "gemm":
-                node = k.steps[0].node
-                src = f"  @ {node.source}" if node.source else ""
-                lines.append(f"  {outs:<12} = gemm[{' -> '.join(k.ops)}]({ins})  "
-                             f"{_shape_str(self, k.outputs[0])}{where}{src}")
             else:
                 node = k.steps[0].node
                 src = f"  @ {node.source}" if node.source else ""
-                lines.append(f"  {outs:<12} = {k.kind + ' ' if k.kind == 'view' else ''}"
-                             f"{node.op.name}({ins})  {_shape_str(self, k.outputs[0])}"
+                name = {"view": f"view {node.op.name}",
+                        "gemm": f"gemm[{' -> '.join(k.ops)}]"}.get(k.kind, node.op.name)
+                lines.append(f"  {outs:<12} = {name}({ins})  {_shape_str(self, k.outputs[0])}"
                              f"{where}{src}")
         lines.append(f"  outputs: {', '.join(f'%{s}' for s in self.plan.outputs) or '-'}")
         if self.plan.updates:

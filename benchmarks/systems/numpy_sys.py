@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..workloads import ELEMENTWISE_CHAIN
-from . import adam_fingerprint, Runner, System, Unavailable, gradient_fingerprint
+from . import Runner, System, Unavailable, adam_fingerprint, gradient_fingerprint
 
 KINDS = ("mlp", "elementwise", "softmax_xent", "adam")
 
@@ -111,6 +111,7 @@ class AdamState:
         self.v = [xp.zeros_like(a) for a in self.p]
         self.t = 0
         self.grads = data["grads"]
+        self.to_host = getattr(xp, "asnumpy", np.asarray)  # CuPy arrays come back to the host
 
     def factors(self):
         self.t += 1
@@ -118,8 +119,7 @@ class AdamState:
         return ADAM["lr"] / c1, np.sqrt(1 - ADAM["b2"] ** self.t)
 
     def fingerprint(self):
-        return adam_fingerprint([np.asarray(getattr(p, "get", lambda: p)()) for p in self.p],
-                                self.grads)
+        return adam_fingerprint([self.to_host(p) for p in self.p], self.grads)
 
 
 def naive_adam(xp, s: AdamState) -> None:
@@ -141,10 +141,11 @@ class NaiveRunner(Runner):
         xp = self.xp
         self.kind = workload.kind
         self.activation, self.lr = workload.activation, workload.lr
-        self.params = [xp.array(p, dtype=np.float32) for p in data["params"]]
+        self.adam = AdamState(xp, data) if self.kind == "adam" else None  # owns its params
+        self.params = [] if self.adam else [xp.array(p, dtype=np.float32)
+                                            for p in data["params"]]
         self.x = xp.array(data["x"], dtype=np.float32) if "x" in data else None
         self.labels = xp.array(data["labels"]) if "labels" in data else None
-        self.adam = AdamState(xp, data) if self.kind == "adam" else None
         self.loss = self.grad = None
 
     def step(self):
@@ -367,7 +368,8 @@ class ExpertAdam:
             p -= t
 
 
-EXPERT = {"adam": ExpertAdam, "mlp": ExpertMLP, "elementwise": ExpertElementwise, "softmax_xent": ExpertXent}
+EXPERT = {"mlp": ExpertMLP, "elementwise": ExpertElementwise, "softmax_xent": ExpertXent,
+          "adam": ExpertAdam}
 
 
 class ExpertRunner(Runner):

@@ -4,7 +4,7 @@ np.matmul cannot accumulate into its output, so an SGD step `W -= lr * X.T @ G` 
 gradient buffer and an update pass over it. GEMM does it in one call with alpha = -lr,
 beta = 1. We call the GEMM of the BLAS NumPy itself loaded (found with threadpoolctl), so it
 shares NumPy's thread pool; where none is found (or it fails a check against np.matmul at
-first use) `gemm_update` is None and the plan keeps the matmul and the update apart."""
+first use) `gemm(dtype)` is None and the plan keeps the matmul and the update apart."""
 from __future__ import annotations
 
 import ctypes
@@ -54,8 +54,8 @@ def _is_ilp64(lib, info) -> bool:
 
 
 def _operand(a: np.ndarray, itemsize: int):
-    """(transpose flag, leading dimension, base array) for a 2-D operand BLAS reads as is,
-    or None when it must be copied first."""
+    """(transpose flag, leading dimension) for a 2-D operand BLAS reads as is, or None when
+    it must be copied first."""
     s0, s1 = a.strides
     rows, cols = a.shape
     if s1 == itemsize and s0 % itemsize == 0 and s0 // itemsize >= max(cols, 1):

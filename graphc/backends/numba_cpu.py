@@ -61,10 +61,16 @@ def cache_dir() -> str:
     return path
 
 
+def _varying_dims(in_shape, shape) -> list[int]:
+    """The iteration dimensions an input's index varies along (its broadcast ones do not)."""
+    lead = len(shape) - len(in_shape)
+    return [lead + i for i, d in enumerate(in_shape) if not (d == 1 and shape[lead + i] != 1)]
+
+
 def _index(in_shape, shape, loop_vars) -> str:
     lead = len(shape) - len(in_shape)
-    parts = [("0" if d == 1 and shape[lead + i] != 1 else loop_vars[lead + i])
-             for i, d in enumerate(in_shape)]
+    varying = set(_varying_dims(in_shape, shape))
+    parts = [loop_vars[lead + i] if lead + i in varying else "0" for i in range(len(in_shape))]
     return "[" + ", ".join(parts) + "]" if parts else "[()]"
 
 
@@ -96,9 +102,8 @@ def print_numba(expr: FusedExpr, shared=None) -> tuple[str, dict]:
     innermost = len(shape) - 1
     for k, (_, in_shape) in enumerate(expr.inputs):
         index = _index(in_shape, shape, loop_vars)
-        depth = innermost if expr.reductions else max(
-            (loop_vars.index(v) for v in index.strip("[]").split(", ") if v in loop_vars),
-            default=-1)
+        depth = innermost if expr.reductions else max(_varying_dims(in_shape, shape),
+                                                      default=-1)
         loads.setdefault(depth, []).append(f"x{k} = i{k}{index}")
     for j, ins in enumerate(expr.instrs):
         args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in ins.args]

@@ -150,11 +150,20 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
             _finish(k, shapes, readers, roots)
     ordered = _order(kernels, producer, owner)
     if fuse and gemm_update:
-        ordered = fuse_gemm_updates(ordered, plan, shapes, aliased)
+        ordered = fuse_gemm_updates(ordered, plan, shapes)
     return ordered
 
 
-def fuse_gemm_updates(kernels: list[Kernel], plan, shapes, aliased=()) -> list[Kernel]:
+def view_bases(kernels: list[Kernel], n_slots: int) -> list[int]:
+    """For every slot, the slot whose buffer it is (itself, or the source of its views)."""
+    base = list(range(n_slots))
+    for k in kernels:
+        if k.kind in ("view", "alias"):
+            base[k.outputs[0]] = base[k.inputs[0]]
+    return base
+
+
+def fuse_gemm_updates(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
     """Matmul epilogue fusion for SGD: a matmul whose result G only feeds `W - lr * G`, the
     in-place update of parameter W (no later reader), becomes one "gemm" kernel computing
     W += (-lr) * A @ B. The gradient is never stored and the update costs no extra pass."""
@@ -163,10 +172,7 @@ def fuse_gemm_updates(kernels: list[Kernel], plan, shapes, aliased=()) -> list[K
     for k in kernels:
         for s in k.inputs:
             readers.setdefault(s, []).append(k)
-    base = {}
-    for k in kernels:
-        if k.kind in ("view", "alias"):
-            base[k.outputs[0]] = base.get(k.inputs[0], k.inputs[0])
+    base = view_bases(kernels, len(plan.nodes))
     param_slots = {s for _, s in plan.params}
     updated = {s: p for p, s in plan.updates}
     roots = set(plan.outputs)
@@ -197,8 +203,8 @@ def fuse_gemm_updates(kernels: list[Kernel], plan, shapes, aliased=()) -> list[K
                 or any(np.dtype(plan.nodes[s].dtype) != dtype for s in (a, b, lr, g)):
             continue
         later = kernels[position[id(k)] + 1:]
-        if any(base.get(s, s) == w for s in (a, b)) or any(
-                base.get(s, s) == w for j in later for s in j.inputs):
+        if any(base[s] == w for s in (a, b)) or any(
+                base[s] == w for j in later for s in j.inputs):
             continue  # W must be read last here: GEMM writes it in place
         merged[id(k)] = Kernel("gemm", [m.steps[0], mul, sub], [a, b, lr, w], [sub.slot],
                                shape=tuple(shapes[w]))
