@@ -64,8 +64,9 @@ def _into(step, shapes):
 class _Builder:
     """Assembles the step function's source and namespace."""
 
-    def __init__(self, bp: BoundPlan):
+    def __init__(self, bp: BoundPlan, watch=None):
         self.bp = bp
+        self.watch = watch
         self.ns: dict = {"np": np}
         self.fixed: dict[int, np.ndarray] = {}  # slot -> array known at bind time
         self.lines: list[str] = []
@@ -97,7 +98,12 @@ class _Builder:
             self.ns[f"OUT{s}"] = _recycler(bp.shapes[s], dtypes[s])
             self.lines.append(f"    v{s} = OUT{s}()")
         for i, k in enumerate(bp.kernels):
+            watched = self.watch is not None and k.kind in ("fused", "op", "gemm")
+            if watched:
+                self._watch("before", i, k.inputs)
             getattr(self, f"_{k.kind}")(i, k)
+            if watched:
+                self._watch("after", i, k.outputs)
         self._updates()
         handed: set[int] = set()
         outs = ""
@@ -115,6 +121,11 @@ class _Builder:
         run.source = source
         run.arena = arena
         return run
+
+    def _watch(self, when: str, i: int, slots) -> None:
+        self.ns["WATCH"] = self.watch
+        args = "".join(f"{self.ref(s)}, " for s in slots)
+        self.lines.append(f"    WATCH.{when}({i}, ({args}))")
 
     def _canonical(self, slot):
         while slot in self.bp.aliased:
@@ -241,6 +252,8 @@ def _recycler(shape, dtype, keep: int = 3):
     return fetch
 
 
-def compile_bound(bp: BoundPlan):
-    """run(*feeds) -> tuple of output copies; parameters are updated in their storage."""
-    return _Builder(bp).build()
+def compile_bound(bp: BoundPlan, watch=None):
+    """run(*feeds) -> tuple of output copies; parameters are updated in their storage.
+    `watch` (for check_numerics): an object whose before(i, inputs) and after(i, outputs)
+    are called around every computing kernel i of bp.kernels with its input/output arrays."""
+    return _Builder(bp, watch).build()
