@@ -80,6 +80,7 @@ def read(path: str | os.PathLike) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z.files:
                 raise CheckpointError(f"{path}: not a graphc checkpoint (no metadata)")
+            _refuse_pickles(path, z)
             meta = json.loads(bytes(z["meta"]).decode())
             if meta.get("format") != FORMAT:
                 raise CheckpointError(f"{path}: not a graphc checkpoint")
@@ -89,11 +90,33 @@ def read(path: str | os.PathLike) -> tuple[dict, dict]:
             values = {name: z[f"p{i}"] for i, name in enumerate(meta["names"])}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError,
-            UnicodeDecodeError) as e:
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, TypeError,
+            AttributeError) as e:
         raise CheckpointError(f"{path}: truncated or not a graphc checkpoint "
                               f"({type(e).__name__}: {e})") from e
     return values, meta.get("extra", {})
+
+
+def _refuse_pickles(path: str, z) -> None:
+    """Raise if an entry of the archive holds Python objects: NumPy stores those pickled, and
+    unpickling runs whatever code the file's author chose. Only the .npy header is read."""
+    for key in z.files:
+        try:
+            with z.zip.open(key + ".npy") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    continue  # np.load reports a format it cannot read
+                _, _, dtype = read_header(f)
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile):
+            continue  # not a .npy member or a damaged one: reading it fails with its reason
+        if dtype.hasobject:
+            raise CheckpointError(
+                f"{path}: entry '{key}' holds pickled Python objects ({dtype}); graphc refuses "
+                f"to unpickle checkpoint data, since unpickling can run arbitrary code. A "
+                f"graphc checkpoint holds only numeric arrays: this file was not written by "
+                f"gc.save, or was altered")
 
 
 def load(path: str | os.PathLike, target, strict: bool = True) -> dict:

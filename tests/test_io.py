@@ -98,3 +98,58 @@ def test_truncated_foreign_and_mismatched_files(tmp_path, rng):
         gc.parameter("w1", shape=(8, 4))
         with pytest.raises(gc.CheckpointError, match="'w1' is saved as"):
             gc.load(tmp_path / "c.npz", wrong, strict=False)
+
+
+class _Payload:
+    """Unpickling this runs code: what a hostile checkpoint would carry."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _resave(src, dst, **replace):
+    """Copy the checkpoint `src` to `dst`, replacing some entries (allow_pickle: the new
+    entries may be object arrays, which is the point)."""
+    with np.load(src) as z:
+        entries = {k: z[k] for k in z.files}
+    entries.update(replace)
+    np.savez(dst, **entries)
+
+
+@pytest.mark.parametrize("entry", ["p0", "meta"])
+def test_a_pickled_object_is_refused_not_unpickled(tmp_path, rng, entry):
+    marker = tmp_path / "unpickled"
+    with gc.Graph() as g:
+        _model(rng)
+        gc.save(tmp_path / "c.npz", g)
+        _resave(tmp_path / "c.npz", tmp_path / "evil.npz",
+                **{entry: np.array([_Payload(marker)], dtype=object)})
+        before = {p.name: p.value for p in g.parameters()}
+        with pytest.raises(gc.CheckpointError,
+                           match=rf"evil.npz: entry '{entry}' holds pickled Python objects.*"
+                                 r"refuses to unpickle"):
+            gc.load(tmp_path / "evil.npz", g)
+        assert not marker.exists()
+        for p in g.parameters():  # nothing was half-restored
+            np.testing.assert_array_equal(p.value, before[p.name])
+
+
+def test_malformed_metadata_is_a_checkpoint_error(tmp_path, rng):
+    with gc.Graph() as g:
+        _model(rng)
+        gc.save(tmp_path / "c.npz", g)
+        for i, meta in enumerate([b"{not json", b'{"format": "graphc-checkpoint", '
+                                  b'"version": 1, "names": 7}', b"\xff\xfe"]):
+            _resave(tmp_path / "c.npz", tmp_path / f"m{i}.npz",
+                    meta=np.frombuffer(meta, np.uint8))
+            with pytest.raises(gc.CheckpointError, match=f"m{i}.npz.*not a graphc checkpoint"):
+                gc.load(tmp_path / f"m{i}.npz", g)
+        # an entry the metadata names but the archive lacks
+        with np.load(tmp_path / "c.npz") as z:
+            kept = {k: z[k] for k in z.files if k != "p1"}
+        np.savez(tmp_path / "short.npz", **kept)
+        with pytest.raises(gc.CheckpointError, match="short.npz.*truncated"):
+            gc.load(tmp_path / "short.npz", g)
