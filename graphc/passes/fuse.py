@@ -149,6 +149,9 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
             k.steps.sort(key=lambda st: producer[st.slot])  # merged groups: back in order
             _finish(k, shapes, readers, roots)
     ordered = _order(kernels, producer, owner)
+    if fuse:
+        from .recompute import recompute_cheap_values
+        ordered = recompute_cheap_values(ordered, plan, shapes)
     if fuse and gemm_update:
         ordered = fuse_gemm_updates(ordered, plan, shapes)
     return ordered
