@@ -14,7 +14,8 @@ The cost rule, per value v written by fused kernel K1 and read by fused kernels 
 - the cone's leaves that a reader does not read already add at most v's own bytes. Then
   the leaves' lifetimes grow by no more than v's disappears (peak memory does not grow)
   and the traffic saved, one write plus one read per reader, exceeds the traffic added;
-- no leaf is a parameter written by the step (the update must stay the last reader)."""
+- no reader runs after the update of a parameter among the leaves (the update writes the
+  parameter in place, so it must stay the parameter's last reader)."""
 from __future__ import annotations
 
 import numpy as np
@@ -36,12 +37,15 @@ def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
     """Apply the module's cost rule to the ordered kernels, in place; returns them."""
     kept = set(plan.outputs) | {s for _, s in plan.updates}
     slot_of = {id(p): s for p, s in plan.params}
-    written = {slot_of[id(p)] for p, _ in plan.updates}  # parameters updated in place
     base = view_bases(kernels, len(plan.nodes))
     changed = True
     while changed:
         changed = False
         readers = _readers(kernels)
+        position = {id(k): i for i, k in enumerate(kernels)}
+        writer = {s: i for i, k in enumerate(kernels) for s in k.outputs}
+        # parameter slot -> position of the kernel computing its new value
+        update_at = {slot_of[id(p)]: writer.get(s, -1) for p, s in plan.updates}
         for k1 in kernels:
             if k1.kind != "fused":
                 continue
@@ -52,7 +56,8 @@ def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
                 if found is None:
                     continue
                 cone, leaves, targets = found
-                if any(base[s] in written for s in leaves):
+                last = max(position[id(k)] for k in targets)
+                if any(update_at.get(base[s], len(kernels)) <= last for s in leaves):
                     continue  # the parameter's update must stay its last reader
                 order = {st.slot: i for i, st in enumerate(plan.steps)}
                 for k2 in targets:
