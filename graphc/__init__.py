@@ -5,7 +5,7 @@ updates into one execution plan, and run it."""
 from . import data, io, nn, optim, testing, train  # noqa: F401
 from .autodiff import grad
 from .errors import (CompileError, FeedError, GradientError, GraphcError,  # noqa: F401
-                     GraphError, ShapeError)
+                     GraphError, NumericsError, ResourceError, ShapeError)
 from .data import DataError  # noqa: F401
 from .function import Function, compile
 from .io import CheckpointError, load, save  # noqa: F401
@@ -27,5 +27,5 @@ __all__ = [
     "Graph", "Tensor", "Placeholder", "Parameter", "Function", "placeholder", "parameter",
     "constant", "get_default_graph", "reset_default_graph", "grad", "compile", "optim",
     "testing", "GraphcError", "GraphError", "ShapeError", "FeedError", "GradientError",
-    "CompileError", "DataError", "CheckpointError", "data", "io", "save", "load", "nn", "train", "fit",
+    "CompileError", "DataError", "CheckpointError", "NumericsError", "ResourceError", "data", "io", "save", "load", "nn", "train", "fit",
 ]

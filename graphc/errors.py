@@ -23,3 +23,13 @@ class GradientError(GraphcError):
 
 class CompileError(GraphcError):
     """The graph cannot be compiled as asked (bad outputs, updates or backend)."""
+
+
+class NumericsError(GraphcError, FloatingPointError):
+    """compile(..., check_numerics=True): a kernel produced NaN or Inf (the message names the
+    op, the node and the user's file:line; parameters are left as they were)."""
+
+
+class ResourceError(GraphcError, MemoryError):
+    """The plan's memory does not fit (the machine's, or memory_limit / GRAPHC_MEMORY_LIMIT);
+    the message gives the plan's need and what to change."""

@@ -1,21 +1,21 @@
 """compile(): outputs, updates and an optimizer become one Plan; a Function runs it."""
 from __future__ import annotations
 
-from typing import Any
-
 import threading
+import weakref
+from typing import Any
 
 import numpy as np
 
+from . import backends as _backends
 from . import dtypes as _dt
-from .errors import CompileError, FeedError
-from .graph import (Parameter, Placeholder, Tensor, flatten_structure, format_shape,
-                    same_graph)
+from . import memory as _memory
+from .errors import CompileError, FeedError, NumericsError, ResourceError
+from .graph import (Constant, Parameter, Placeholder, Tensor, flatten_structure,
+                    format_shape, same_graph)
 from .ops.common import lift
 from .ops.elementwise import cast
 from .plan import Plan, lower
-
-BACKENDS = ("numpy",)
 
 
 def _loss_of(outputs: Any, flat: list) -> Tensor:
@@ -25,15 +25,6 @@ def _loss_of(outputs: Any, flat: list) -> Tensor:
     if not flat:
         raise CompileError("compile: an optimizer needs a scalar loss among the outputs")
     return flat[0]
-
-
-def _resolve_backend(backend: str) -> str:
-    if backend == "auto":
-        return "numpy"
-    if backend not in BACKENDS:
-        raise CompileError(f"compile: unknown backend {backend!r}; available: "
-                           f"{', '.join(BACKENDS)} (or 'auto')")
-    return backend
 
 
 def _check_updates(updates: dict, graph) -> list:
@@ -69,13 +60,20 @@ def _advance_random_streams(flat: list, updates: dict) -> None:
 
 
 def compile(outputs, updates: dict | None = None, optimizer=None, backend: str = "numpy",
-            optimize: bool = True, passes=None) -> "Function":  # noqa: A001
+            optimize: bool = True, passes=None, check_numerics: bool = False,
+            memory_limit=None) -> "Function":  # noqa: A001
     """Compile outputs (tensor, list or dict), parameter updates and an optimizer's step into
     one plan; returns a callable Function. `optimize=False` skips the compiler passes;
     `passes=[...]` (names from graphc.passes.PASSES or callables, and "fuse" for kernel
-    fusion) replaces the default list."""
+    fusion) replaces the default list. `check_numerics=True` checks every kernel's results
+    and raises NumericsError at the first NaN or Inf, leaving the parameters as they were.
+    `memory_limit` (bytes, or "512M"; default $GRAPHC_MEMORY_LIMIT) caps what a bound plan
+    may allocate: a plan that needs more raises ResourceError."""
     from .passes import DEFAULT_PASSES, Program, run_passes
     from .passes import simplify as _simplify
+    backend = _backends.resolve(backend)
+    if memory_limit is not None:
+        memory_limit = _memory.parse_bytes(memory_limit)
     pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
     flat, rebuild = flatten_structure(outputs, "compile: outputs", CompileError)
     for t in flat:
@@ -101,25 +99,185 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str =
     graph_passes = [p for p in pipeline if p != "fuse"]  # fusion happens when shapes bind
     program = run_passes(Program(tuple(flat), tuple(pairs)), graph_passes)
     plan = lower(list(program.outputs), list(program.updates))
-    fn = Function(plan, rebuild, _resolve_backend(backend), fuse=optimize and passes is None
-                  or "fuse" in pipeline)
+    _backends.check_supported(backend, plan.steps)
+    fn = Function(plan, rebuild, backend, fuse=optimize and passes is None
+                  or "fuse" in pipeline, check_numerics=check_numerics,
+                  memory_limit=memory_limit)
     if optimizer is not None and hasattr(optimizer, "auxiliary"):
         aux_updates, aux_outputs, period = optimizer.auxiliary()
         fn._aux = (compile(aux_outputs, updates=aux_updates, backend=backend,
-                           optimize=optimize, passes=passes), period, optimizer)
+                           optimize=optimize, passes=passes, check_numerics=check_numerics,
+                           memory_limit=memory_limit), period, optimizer)
     return fn
+
+
+_GRAPH_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_GRAPH_LOCKS_GUARD = threading.Lock()
+
+
+def _graph_lock(graph) -> threading.RLock:
+    """One lock per graph, shared by all its Functions: they share parameters, so a step
+    and an evaluation from two threads must not interleave (reentrant: Sophia's step calls
+    its auxiliary Function)."""
+    if graph is None:
+        return threading.RLock()
+    with _GRAPH_LOCKS_GUARD:
+        lock = _GRAPH_LOCKS.get(graph)
+        if lock is None:
+            lock = _GRAPH_LOCKS[graph] = threading.RLock()
+        return lock
+
+
+# Ops that read integer indices: op -> (input position, number of valid indices from the
+# bound input shapes and attributes, what they index).
+_INDEX_INPUTS = {
+    "softmax_cross_entropy": (1, lambda shapes, attrs: shapes[0][1], "classes"),
+    "softmax_cross_entropy_backward": (2, lambda shapes, attrs: shapes[1][1], "classes"),
+    "one_hot": (0, lambda shapes, attrs: attrs["num_classes"], "classes"),
+    "embedding": (1, lambda shapes, attrs: shapes[0][0], "embeddings"),
+    "embedding_grad": (1, lambda shapes, attrs: shapes[2][0], "embeddings"),
+}
+_VALUE_PRESERVING = {"reshape", "reshape_like", "transpose", "expand_dims", "cast"}
+
+
+def _index_checks(plan: Plan) -> list:
+    """[(feed position, step, input position, count, noun)] for every op reading integer
+    indices that come straight from a placeholder (through reshapes and integer casts), so
+    a call can check their range before anything runs."""
+    position = {ph: i for i, (ph, _) in enumerate(plan.feeds)}
+    checks, seen = [], set()
+    for step in plan.steps:
+        spec = _INDEX_INPUTS.get(step.op.name)
+        if spec is None:
+            continue
+        k, count, noun = spec
+        src = step.node.inputs[k]
+        while src.op.name in _VALUE_PRESERVING and src.inputs and src.dtype.kind in "iu" \
+                and src.inputs[0].dtype.kind in "iu":
+            src = src.inputs[0]
+        if src in position and (src, step.op.name) not in seen:
+            seen.add((src, step.op.name))
+            checks.append((position[src], step, count, noun))
+    return checks
+
+
+def _label(node: Tensor, slot: int | None = None) -> str:
+    """op 'name' (or op %slot) made at file:line."""
+    name = f"'{node.name}'" if node.name else (f"%{slot}" if slot is not None else "")
+    where = f" made at {node.source}" if node.source else ""
+    return f"{node.op.name} {name}{where}".replace("  ", " ")
+
+
+def _non_finite(arr) -> str | None:
+    """'NaN' or 'Inf' if a floating-point array holds one, else None."""
+    arr = np.asarray(arr)
+    if arr.dtype.kind not in "fc" or np.isfinite(arr).all():
+        return None
+    return "NaN" if np.isnan(arr).any() else "Inf"
+
+
+class _NumericsWatch:
+    """check_numerics: called by the backend around every kernel of one bound plan. Keeps
+    copies of a multi-op kernel's inputs (the kernel may overwrite them in place) so the
+    op that first went non-finite can be found by re-running its members one by one."""
+
+    def __init__(self, bound):
+        self.bound = bound
+        self.saved: list = []
+
+    def before(self, i: int, inputs: tuple) -> None:
+        k = self.bound.kernels[i]
+        self.saved = [np.array(a, copy=True) for a in inputs] if len(k.steps) > 1 else []
+
+    def after(self, i: int, outputs: tuple) -> None:
+        for slot, arr in zip(self.bound.kernels[i].outputs, outputs):
+            bad = _non_finite(arr)
+            if bad is not None:
+                raise NumericsError(self._explain(i, slot, bad))
+
+    def check_constants(self) -> None:
+        """Values folded at bind time are kernels too; they come first."""
+        for i, k in enumerate(self.bound.kernels):
+            if k.kind == "const":
+                bad = _non_finite(self.bound.folded[k.outputs[0]])
+                if bad is not None:
+                    raise NumericsError(self._explain(i, k.outputs[0], bad))
+
+    def _explain(self, i: int, slot: int, bad: str) -> str:
+        bp = self.bound
+        k = bp.kernels[i]
+        value = f"value %{slot} {tuple(bp.shapes[slot])} {bp.plan.nodes[slot].dtype}"
+        if k.kind == "const":
+            head = f"check_numerics: {bad} in {value}, a constant folded when the plan was bound"
+        else:
+            running = [x for x in bp.kernels if x.kind in ("fused", "op", "gemm")]
+            n = next(j for j, x in enumerate(running) if x is k)
+            head = (f"check_numerics: {bad} in {value}, written by kernel {n + 1} of "
+                    f"{len(running)} (print(fn.plan) lists them)")
+        tail = "; the parameters and optimizer state are left as they were before this call"
+        if len(k.steps) == 1:
+            st = k.steps[0]
+            return f"{head}: {_label(st.node, st.slot)}, {self._from(st)}{tail}"
+        ops = " -> ".join(k.ops)
+        culprit = self._first_non_finite(k)
+        if culprit is None:
+            made = sorted({str(st.node.source) for st in k.steps if st.node.source})
+            return (f"{head}, the fused kernel [{ops}] (ops made at {', '.join(made)}); its "
+                    f"ops re-run one by one with their NumPy references stay finite, so the "
+                    f"fused arithmetic itself overflowed{tail}")
+        step, what, args = culprit
+        return (f"{head}, the fused kernel [{ops}]; the first of its ops to produce {what} is "
+                f"{_label(step.node, step.slot)}, {self._from(step, args)}{tail}")
+
+    def _from(self, step, args=None) -> str:
+        """Where a step's NaN/Inf came from: its own arithmetic, or an input holding one. Only
+        constants can be such an input: feeds, parameters and kernel results are checked."""
+        bp = self.bound
+        for j, s in enumerate(step.inputs):
+            if j in step.op.shape_only:
+                continue
+            node = bp.plan.nodes[s]
+            value = args[j] if args is not None else bp.folded.get(
+                s, node.value if isinstance(node, Constant) else None)
+            bad = None if value is None else _non_finite(value)
+            if bad is not None:
+                return f"from its input {_label(node, s)}, which holds {bad}"
+        return "from finite inputs"
+
+    def _first_non_finite(self, k):
+        """(step, 'NaN'/'Inf', its arguments) of the first member op whose NumPy reference, fed the kernel's
+        saved inputs and the members before it, gives a non-finite value."""
+        bp = self.bound
+        values = dict(zip(k.inputs, self.saved))
+        for st in k.steps:
+            op = st.op
+            if op.reference is None or any(s not in values for j, s in enumerate(st.inputs)
+                                           if j not in op.shape_only):
+                return None
+            args = [tuple(bp.shapes[s]) if j in op.shape_only else values[s]
+                    for j, s in enumerate(st.inputs)]
+            with np.errstate(all="ignore"):
+                values[st.slot] = np.asarray(op.reference(*args, **st.node.attrs))
+            bad = _non_finite(values[st.slot])
+            if bad is not None:
+                return st, bad, args
+        return None
 
 
 class Function:
     """A compiled step. Call with a dict {placeholder or name: array} or keywords.
 
-    Calls are serialized by a lock: a Function owns one set of buffers, so concurrent
-    calls from several threads run one after another."""
+    Calls are serialized by a lock shared by every Function of the graph: a Function owns
+    one set of buffers and Functions of one graph share its parameters, so concurrent calls
+    from several threads run one after another, each on consistent parameters."""
 
-    def __init__(self, plan: Plan, rebuild, backend: str, fuse: bool = True):
+    def __init__(self, plan: Plan, rebuild, backend: str, fuse: bool = True,
+                 check_numerics: bool = False, memory_limit: int | None = None):
         self.symbolic_plan = plan
         self.backend = backend
         self._fuse = fuse
+        self.check_numerics = check_numerics
+        self._memory_limit = memory_limit
         self._rebuild = rebuild
         self._feeds = [ph for ph, _ in plan.feeds]
         self._by_name = {ph.name: ph for ph in self._feeds}
@@ -127,8 +285,11 @@ class Function:
         self._graph_names = self.graph._names if self.graph is not None else {}
         self._dynamic = [i for i, ph in enumerate(self._feeds) if None in ph.shape]
         self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
+        self._watches: dict = {}  # id(step function) -> its _NumericsWatch (check_numerics)
         self._last = None
-        self._lock = threading.Lock()
+        self._lock = _graph_lock(self.graph)
+        self._index_checks = _index_checks(plan)
+        self._updated = list(dict.fromkeys(p for p, _ in plan.updates))
         self._aux = None  # (Function, period, optimizer): see Sophia
         self.aux_outputs = None
 
@@ -197,27 +358,89 @@ class Function:
         return arr
 
     # --- running -------------------------------------------------------------------------
+    def _check_indices(self, arrays: list, bound) -> None:
+        """FeedError before anything runs if fed labels or indices are out of range."""
+        for pos, step, count, noun in self._index_checks:
+            n = count([bound.shapes[s] for s in step.inputs], step.node.attrs)
+            ids = arrays[pos]
+            if ids.size and (ids.min() < 0 or ids.max() >= n):
+                bad = ids[(ids < 0) | (ids >= n)]
+                where = f" made at {step.node.source}" if step.node.source else ""
+                raise FeedError(f"placeholder '{self._feeds[pos].name}' holds {bad.size} "
+                                f"value(s) outside [0, {n}) (e.g. {bad.flat[0]}; fed range "
+                                f"[{ids.min()}, {ids.max()}]): {step.op.name}{where} indexes "
+                                f"{n} {noun}")
+
     def _compiled_for(self, arrays: list):
         key = tuple(arrays[i].shape for i in self._dynamic)
         entry = self._compiled.get(key)
         if entry is None:
             from .backends import numpy as backend
             from .plan import bind
-            bound = bind(self.symbolic_plan, {ph: a.shape for ph, a in zip(self._feeds, arrays)},
-                         fuse=self._fuse, pairs=backend.PAIRS,
+            shapes = {ph: a.shape for ph, a in zip(self._feeds, arrays)}
+            bound = bind(self.symbolic_plan, shapes, fuse=self._fuse, pairs=backend.PAIRS,
                          gemm_update=backend.gemm_update())
-            entry = (bound, backend.compile_bound(bound))
+            _memory.check_fits(bound, _memory.memory_limit(self._memory_limit), shapes)
+            watch = _NumericsWatch(bound) if self.check_numerics else None
+            try:
+                run = backend.compile_bound(bound, watch=watch)
+            except MemoryError as e:
+                raise _memory.resource_error(bound, shapes, f"the machine could not "
+                                             f"allocate it ({type(e).__name__})") from e
+            entry = (bound, run)
             self._compiled[key] = entry
+            if watch is not None:
+                self._watches[id(run)] = watch
         return entry
+
+    def _run(self, entry, arrays: list):
+        bound, run = entry
+        watch = self._watches.get(id(run))
+        try:
+            with np.errstate(all="ignore"):
+                if watch is None:
+                    return run(*arrays)
+                return self._run_checked(run, watch, arrays)
+        except ResourceError:
+            raise
+        except MemoryError as e:
+            raise _memory.resource_error(
+                bound, {ph: a.shape for ph, a in zip(self._feeds, arrays)},
+                f"an allocation failed while it ran ({type(e).__name__}); parameters may be "
+                f"partly updated") from e
+
+    def _run_checked(self, run, watch, arrays: list):
+        """check_numerics: finite feeds and parameters in, every kernel checked, and the
+        updated parameters restored if any check (or anything else) fails mid-step."""
+        for ph, a in zip(self._feeds, arrays):
+            bad = _non_finite(a)
+            if bad is not None:
+                raise NumericsError(f"check_numerics: placeholder '{ph.name}' is fed {bad} "
+                                    f"(at index {tuple(map(int, np.argwhere(~np.isfinite(a))[0]))})")
+        for p, _ in self.symbolic_plan.params:
+            bad = _non_finite(p._value)
+            if bad is not None:
+                where = f" (made at {p.source})" if p.source else ""
+                raise NumericsError(f"check_numerics: parameter '{p.name}'{where} already "
+                                    f"holds {bad} before this call (assigned, loaded, or left "
+                                    f"by a call without check_numerics)")
+        watch.check_constants()
+        saved = [(p._value, p._value.copy()) for p in self._updated]
+        try:
+            return run(*arrays)
+        except BaseException:
+            for target, value in saved:
+                np.copyto(target, value)
+            raise
 
     def __call__(self, feeds: dict | None = None, /, **kwargs):
         given = self._collect(feeds, kwargs)
         arrays = [self._convert(ph, given[ph]) for ph in self._feeds]
         with self._lock:
             entry = self._compiled_for(arrays)
+            self._check_indices(arrays, entry[0])
             self._last = entry
-            with np.errstate(all="ignore"):
-                outs = entry[1](*arrays)
+            outs = self._run(entry, arrays)
             if self._aux is not None:  # an optimizer's periodic extra step (Sophia's Hessian)
                 aux, period, opt = self._aux
                 if opt.step_count % period == 0:
