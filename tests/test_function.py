@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 import graphc as gc
 
@@ -154,3 +155,43 @@ def test_calls_from_eight_threads_are_serialized_and_correct(rng):
         got = list(pool.map(lambda a: fn(x=a), inputs))
     for g, e in zip(got, want):
         np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+
+
+def _embedding_classifier():
+    ids = gc.placeholder("ids", (None,), dtype="int32")
+    x = gc.placeholder("x", (None, 4))
+    t = gc.placeholder("t", (None,), dtype="int32")
+    table = gc.parameter("table", shape=(10, 4), seed=0)
+    w = gc.parameter("w", shape=(8, 3), seed=1)
+    h = gc.concat([gc.embedding(ids, table), x], axis=1)
+    loss = gc.softmax_cross_entropy(gc.tanh(h @ w), t)
+    opt = gc.optim.Adam(lr=0.1)
+    return gc.compile(loss, optimizer=opt), opt
+
+
+@pytest.mark.parametrize("change, error", [
+    ({"x": np.zeros((6, 5), np.float32)}, r"'x' expects shape \(None, 4\), got \(6, 5\)"),
+    ({"t": np.zeros(6)}, r"'t' is int32; cannot convert fed dtype float64"),
+    ({"t": None}, r"missing feed for placeholder\(s\) 't'"),
+    ({"t": np.array([0, 1, 2, 3, 0, 1])}, r"placeholder 't' holds 1 value\(s\) outside \[0, 3\)"),
+    ({"t": np.array([0, 1, -1, 2, 0, 1])}, r"placeholder 't' .* \(e\.g\. -1"),
+    ({"ids": np.array([0, 1, 2, 10, 4, 5])}, r"placeholder 'ids' .*outside \[0, 10\).*embedding"),
+    ({"x": np.zeros((5, 4), np.float32)}, r"the fed shapes do not fit concat"),
+])
+def test_a_bad_feed_leaves_parameters_and_optimizer_state_bitwise_unchanged(rng, change, error):
+    step, opt = _embedding_classifier()
+    feeds = {"ids": rng.integers(0, 10, 6), "x": rng.normal(size=(6, 4)).astype(np.float32),
+             "t": rng.integers(0, 3, 6)}
+    for _ in range(2):
+        step(feeds)
+    params = gc.get_default_graph().parameters()
+    assert any(p.name.startswith("adam/exp_avg") for p in params)
+    before = {p.name: p.value for p in params}
+    bad = {k: v for k, v in {**feeds, **change}.items() if v is not None}
+    with pytest.raises(gc.FeedError, match=error):
+        step(bad)
+    for p in params:
+        np.testing.assert_array_equal(p.value, before[p.name], err_msg=p.name)
+    assert opt.step_count == 2
+    step(feeds)  # still usable
+    assert opt.step_count == 3
