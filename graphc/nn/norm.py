@@ -5,7 +5,6 @@ import numpy as np
 
 from .. import ops
 from ..errors import GraphError
-from ..ops.shape_ops import count
 from .module import Module
 
 
@@ -29,23 +28,9 @@ class BatchNorm(Module):
         if x.ndim < 2 or x.shape[1] != self.num_features:
             raise GraphError(f"{self.name}: expects (N, {self.num_features}, ...) input, got "
                              f"shape {x.shape}")
-        axes = (0,) + tuple(range(2, x.ndim))
-        bshape = (-1,) + (1,) * (x.ndim - 2)
-        if training:
-            mu, var = ops.norm.moments(x, axes)
-            n = count(x, axes, x.dtype)
-            m = self.momentum
-            self._updates[self.running_mean] = (1 - m) * self.running_mean + m * ops.reshape(
-                mu, (-1,))
-            self._updates[self.running_var] = (1 - m) * self.running_var + m * ops.reshape(
-                var, (-1,)) * (n / ops.maximum(n - 1.0, 1.0))
-        else:
-            mu = ops.reshape(self.running_mean, bshape)
-            var = ops.reshape(self.running_var, bshape)
-        y = (x - mu) / ops.sqrt(var + self.eps)
-        if self.weight is not None:
-            y = y * ops.reshape(self.weight, bshape) + ops.reshape(self.bias, bshape)
-        return y
+        return ops.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                              training=training, momentum=self.momentum, eps=self.eps,
+                              updates=self._updates if training else None)
 
 
 class LayerNorm(Module):
@@ -67,7 +52,7 @@ class LayerNorm(Module):
         if tuple(x.shape[-len(self.shape):]) != self.shape:
             raise GraphError(f"{self.name}: expects trailing dimensions {self.shape}, got "
                              f"shape {x.shape}")
-        return ops.layer_norm(x, len(self.shape), self.weight, self.bias, self.eps)
+        return ops.layer_norm(x, self.shape, self.weight, self.bias, self.eps)
 
 
 class Embedding(Module):

@@ -13,4 +13,4 @@ from .nn import (binary_cross_entropy_with_logits, hinge_loss, log_softmax,  # n
 from .random import dropout, random_uniform, sample_categorical  # noqa: F401
 from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
 from .embedding import embedding  # noqa: F401
-from .norm import layer_norm  # noqa: F401
+from .norm import batch_norm, layer_norm  # noqa: F401
