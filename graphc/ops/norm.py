@@ -56,6 +56,7 @@ def _np_standardize(x: np.ndarray, axes: tuple, eps: float) -> np.ndarray:
 def _roles(attrs: dict) -> list[str]:
     """What each input of a normalisation node is, from its attributes."""
     roles = ["x"]
+    # only evaluation-mode batch_norm reads running statistics (layer_norm has no `training`)
     if not attrs.get("training", True):
         roles += ["running_mean", "running_var"]
     if attrs["has_weight"]:
