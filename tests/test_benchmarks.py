@@ -5,6 +5,7 @@ from benchmarks import __main__ as bench
 from benchmarks.suite import agrees
 from benchmarks.workloads import QUICK, WORKLOADS, make_data
 import numpy as np
+import pytest
 
 
 def test_quick_run_on_one_workload(tmp_path, capsys):
@@ -88,3 +89,56 @@ def test_compile_time_reports_the_three_situations():
     for key in ("cold_s", "disk_cache_s", "in_process_s", "numba_import_and_init_s"):
         assert np.isfinite(r[key]) and r[key] >= 0.0
     assert r["workload"] == "mlp-s"
+
+
+def test_torch_peers_run_and_agree_on_lenet_lstm_and_adam(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "bench.json"
+    code = bench.main(["--quick", "--workload", "lenet", "--workload", "lstm", "--workload",
+                       "adam", "--device", "cpu", "--no-sweeps", "--no-results", "--json",
+                       str(out), "--system", "graphc-numpy", "--system", "numpy-naive",
+                       "--system", "torch-eager"])
+    assert code == 0
+    rows = {(r["workload"], r["system"]): r for r in json.loads(out.read_text())["results"]}
+    for w in ("lenet", "lstm", "adam"):
+        torch_row, graphc_row = rows[(w, "torch-eager")], rows[(w, "graphc-numpy")]
+        # "ok" means it agreed with the reference at every one of the three steps
+        assert torch_row["status"] == "ok", (w, torch_row["reason"])
+        assert len(torch_row["fingerprint"]) == 3
+        assert agrees(np.array(graphc_row["fingerprint"]), np.array(torch_row["fingerprint"]),
+                      tf32=False)
+    lstm = rows[("lstm", "torch-eager")]["fingerprint"]
+    assert lstm[2] < lstm[0]  # SGD through nn.LSTM lowers the loss
+
+
+def test_torch_compiled_adam_starts_from_the_initial_state():
+    """The compile warm-up runs real updates; the parameters and moments are put back."""
+    pytest.importorskip("torch")
+    from benchmarks.suite import AGREE_STEPS, _fingerprints
+    from benchmarks.systems.numpy_sys import NumpyNaive
+    from benchmarks.systems.torch_sys import TorchCompileCPU, TorchEagerCPU
+    w = QUICK["adam"]
+    data = make_data(w)
+    reference = _fingerprints(NumpyNaive().build(w, data), AGREE_STEPS)
+    for system in (TorchEagerCPU(), TorchCompileCPU()):
+        got = _fingerprints(system.build(w, data), AGREE_STEPS)
+        assert agrees(reference, got, tf32=False), (system.name, got, reference)
+    np.testing.assert_array_equal(make_data(w)["params"][0], data["params"][0])  # untouched
+
+
+def test_torch_lstm_peer_holds_the_data_weights_in_nn_lstm():
+    torch = pytest.importorskip("torch")
+    from benchmarks.systems.torch_sys import TorchEagerCPU
+    w = QUICK["lstm"]
+    data = make_data(w)
+    runner = TorchEagerCPU().build(w, data)
+    lstm = runner.module
+    assert isinstance(lstm, torch.nn.LSTM) and (lstm.input_size, lstm.hidden_size) == (128, 64)
+    own = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    assert all(a is b for a, b in zip(runner.params[:4], own))  # SGD updates nn.LSTM's own
+    for param, value in zip(runner.params, data["params"]):
+        np.testing.assert_array_equal(param.detach().numpy(), value)
+    with pytest.raises(RuntimeError, match="before any step"):
+        runner.fingerprint()
+    runner.step()
+    assert not torch.equal(lstm.weight_hh_l0, torch.tensor(data["params"][1]))

@@ -3,13 +3,24 @@
 
 Every runner computes the workload's step from `make_data` in float32 (TF32 off on CUDA).
 torch is imported lazily (in `check()`/`build()`), so importing this module never fails.
+
+Per kind: mlp and lenet are functional (F.linear, F.conv2d, F.max_pool2d) over the data's
+parameters; lstm runs torch.nn.LSTM (cuDNN on CUDA) holding the data's weights; the
+training kinds update with torch.optim.SGD. adam is torch.optim.Adam alone: fused=True on
+both devices in eager and CUDA-graph modes (on the CPU the fused kernel is one vectorized
+pass per tensor, while foreach=True falls back there to one full pass per elementary op,
+torch having no CPU foreach kernels); under torch.compile the default implementation
+traced into generated kernels, as in torch's compiled-optimizer recipe.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..workloads import apply_chain
-from . import Runner, System, Unavailable, gradient_fingerprint
+from . import (TRAINING_KINDS, Runner, System, Unavailable, adam_fingerprint,
+               gradient_fingerprint)
+
+KINDS = TRAINING_KINDS + ("elementwise", "softmax_xent", "adam")
 
 
 def _import_torch():
@@ -25,8 +36,9 @@ def _first_line(exc) -> str:
     return text.splitlines()[0] if text else ""
 
 
-def _loss_function(workload):
-    """The workload's forward + loss as a plain function of tensors."""
+def _loss_function(workload, lstm=None):
+    """The workload's forward + loss as a plain function of tensors (`lstm`: the
+    torch.nn.LSTM holding the first four parameters of the lstm kind)."""
     import torch
     import torch.nn.functional as F
 
@@ -44,6 +56,24 @@ def _loss_function(workload):
 
         return mlp_loss
 
+    if workload.kind == "lenet":
+        def lenet_loss(p, x, labels):
+            h = F.max_pool2d(F.relu(F.conv2d(x, p[0], p[1], padding=2)), 2)
+            h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2)
+            h = h.reshape(h.shape[0], -1)
+            h = F.relu(F.linear(h, p[4], p[5]))
+            h = F.relu(F.linear(h, p[6], p[7]))
+            return F.cross_entropy(F.linear(h, p[8], p[9]), labels)
+
+        return lenet_loss
+
+    if workload.kind == "lstm":
+        def lstm_loss(p, x, labels):
+            _, (h, _) = lstm(x)  # p[:4] are lstm's own weights; h: (1, batch, hidden)
+            return F.cross_entropy(F.linear(h[0], p[4], p[5]), labels)
+
+        return lstm_loss
+
     if workload.kind == "elementwise":
         def chain_loss(x):
             y = apply_chain(x, torch.tanh, torch.sigmoid)
@@ -58,6 +88,25 @@ def _loss_function(workload):
         return xent_loss
 
     raise ValueError(f"unknown workload kind {workload.kind!r}")
+
+
+def _lstm_module(torch, workload, weights, dev):
+    """torch.nn.LSTM (one layer, gates i, f, g, o) holding the data's four LSTM weights."""
+    lstm = torch.nn.LSTM(workload.layers[0], workload.hidden, device=dev)
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    with torch.no_grad():
+        for name, value in zip(names, weights):
+            # copy_ in place keeps cuDNN's flattened weight buffer intact
+            getattr(lstm, name).copy_(torch.tensor(value))
+    return lstm, [getattr(lstm, name) for name in names]
+
+
+def _adam(torch, params, mode):
+    """torch.optim.Adam with the workload's hyperparameters (torch's defaults, lr 1e-3)."""
+    if mode in ("compile", "compile-ro"):
+        return torch.optim.Adam(params, lr=1e-3)  # traced by torch.compile
+    # a CUDA graph replays the step count too: it must live on the device (capturable)
+    return torch.optim.Adam(params, lr=1e-3, fused=True, capturable=mode == "cudagraph")
 
 
 class TorchRunner(Runner):
@@ -75,31 +124,54 @@ class TorchRunner(Runner):
             torch.cuda.reset_peak_memory_stats()
 
         # torch.tensor copies: in-place updates never touch the shared NumPy data.
-        if self.kind == "mlp":
-            self.params = [torch.nn.Parameter(torch.tensor(a, device=dev)) for a in data["params"]]
-            self.inputs = (torch.tensor(data["x"], device=dev),
-                           torch.tensor(data["labels"], device=dev).long())
+        def tensor(a):
+            return torch.tensor(a, device=dev)
+
+        lstm = None
+        self.leaf = None
+        self.fixed_grads = None
+        if self.kind in TRAINING_KINDS:
+            values = data["params"]
+            if self.kind == "lstm":
+                lstm, self.params = _lstm_module(torch, workload, values[:4], dev)
+                values = values[4:]
+            else:
+                self.params = []
+            self.params += [torch.nn.Parameter(tensor(a)) for a in values]
+            self.inputs = (tensor(data["x"]), tensor(data["labels"]).long())
             self.optimizer = torch.optim.SGD(self.params, lr=workload.lr)
-            self.leaf = None
+            self.update = self.optimizer.step
+        elif self.kind == "adam":
+            self.params = [torch.nn.Parameter(tensor(a)) for a in data["params"]]
+            for p, g in zip(self.params, data["grads"]):
+                p.grad = tensor(g)  # fixed: the step is the update alone
+            self.fixed_grads = data["grads"]
+            self.inputs = ()
+            self.optimizer = _adam(torch, self.params, mode)
+            self.update = self.optimizer.step
         else:
             self.params = []
             self.optimizer = None
-            self.leaf = torch.tensor(data["x"], device=dev).requires_grad_(True)
+            self.leaf = tensor(data["x"]).requires_grad_(True)
             self.inputs = (self.leaf,)
             if self.kind == "softmax_xent":
-                self.inputs += (torch.tensor(data["labels"], device=dev).long(),)
+                self.inputs += (tensor(data["labels"]).long(),)
 
-        fn = _loss_function(workload)
-        if mode == "compile":
-            fn = torch.compile(fn)
-        elif mode == "compile-ro":
-            fn = torch.compile(fn, mode="reduce-overhead")
-        self.fn = fn
+        compile_mode = {"compile": "default", "compile-ro": "reduce-overhead"}.get(mode)
+        if self.kind == "adam":
+            self.fn = None
+            if compile_mode:
+                self.update = torch.compile(self.optimizer.step, mode=compile_mode)
+        else:
+            fn = _loss_function(workload, lstm)
+            self.fn = torch.compile(fn, mode=compile_mode) if compile_mode else fn
+        self.module = lstm  # the torch.nn.LSTM of the lstm kind, else None
         self.loss = None
         self.grad = None
         self.graph = None
+        self.steps = 0
 
-        if mode in ("compile", "compile-ro"):
+        if compile_mode:
             self._warm_up(2)
         elif mode == "cudagraph":
             try:
@@ -109,50 +181,83 @@ class TorchRunner(Runner):
                                   f"{_first_line(exc)}") from None
 
     # --- one step, eagerly (or through the compiled forward) -------------------------------
-    def _forward_backward(self):
-        """Forward, loss and backward; the gradients land in .grad. No update."""
+    def _clear_grads(self):
+        """Gradients to None before a forward/backward (adam's are fixed and stay)."""
+        if self.kind == "adam":
+            return
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self.fn(self.params, *self.inputs)
         else:
             self.leaf.grad = None
-            loss = self.fn(*self.inputs)
+
+    def _loss_and_grads(self):
+        """Forward, loss and backward, the gradients accumulating into .grad (clear them
+        first); nothing for adam, whose gradients are fixed. No update."""
+        if self.kind == "adam":
+            return None
+        loss = self.fn(self.params, *self.inputs) if self.optimizer is not None \
+            else self.fn(*self.inputs)
         loss.backward()
         return loss.detach()
+
+    def _forward_backward(self):
+        """Gradients cleared, then forward, loss and backward; the gradients land in .grad."""
+        self._clear_grads()
+        return self._loss_and_grads()
 
     def _eager_step(self):
         if self.mode == "compile-ro":
             self.torch.compiler.cudagraph_mark_step_begin()
         loss = self._forward_backward()
         if self.optimizer is not None:
-            self.optimizer.step()
+            self.update()
         self.loss = loss
         self.grad = None if self.leaf is None else self.leaf.grad
 
     def _warm_up(self, n):
         """Compile (and for reduce-overhead, record) now, so a compiler that cannot run here is
-        reported as Unavailable. Forward + backward only: the parameters stay untouched."""
+        reported as Unavailable. Forward + backward only: the parameters stay untouched; adam,
+        whose compiled function is the update, is put back to its initial state after."""
+        initial = self._snapshot() if self.kind == "adam" else None
         try:
             for _ in range(n):
-                if self.mode == "compile-ro":
-                    self.torch.compiler.cudagraph_mark_step_begin()
-                self._forward_backward()
+                if self.kind == "adam":
+                    self._eager_step()
+                else:
+                    if self.mode == "compile-ro":
+                        self.torch.compiler.cudagraph_mark_step_begin()
+                    self._forward_backward()
             self.sync()
         except Exception as exc:
             raise Unavailable(f"torch.compile failed here: {type(exc).__name__}: "
                               f"{_first_line(exc)}") from None
         finally:
-            if self.optimizer is not None:
-                self.optimizer.zero_grad(set_to_none=True)
-            elif self.leaf is not None:
-                self.leaf.grad = None
+            self._clear_grads()
+            if initial is not None:
+                self._restore(initial)
+
+    def _snapshot(self):
+        return [p.detach().clone() for p in self.params]
+
+    def _restore(self, initial):
+        """The parameters back to `initial` and the optimizer's state (moments, step count)
+        to zero, in place: a captured graph or compiled step keeps reading these tensors."""
+        torch = self.torch
+        with torch.no_grad():
+            for p, p0 in zip(self.params, initial):
+                p.copy_(p0)
+            for state in self.optimizer.state.values():
+                for value in state.values():
+                    if torch.is_tensor(value):
+                        value.zero_()
 
     def _capture(self):
         """The whole eager step (forward, backward, optimizer.step()) in one CUDA graph,
         following torch's whole-network capture recipe: warm up on a side stream, grads set to
-        None, capture; then restore the initial weights the warm-up steps changed."""
+        None, capture; then restore the initial weights (and optimizer state) the warm-up
+        steps changed."""
         torch = self.torch
-        initial = [p.detach().clone() for p in self.params]
+        initial = self._snapshot()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -160,25 +265,19 @@ class TorchRunner(Runner):
                 self._eager_step()
         torch.cuda.current_stream().wait_stream(side)
 
-        if self.optimizer is not None:
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.leaf.grad = None
+        self._clear_grads()
         graph = torch.cuda.CUDAGraph()
         # Capture on the warm-up stream, whose cuBLAS handle and workspace already exist.
         with torch.cuda.graph(graph, stream=side):
-            static_loss = self.fn(self.params, *self.inputs) if self.optimizer is not None \
-                else self.fn(*self.inputs)
-            static_loss.backward()
+            static_loss = self._loss_and_grads()
             if self.optimizer is not None:
                 self.optimizer.step()
-        # Capture runs nothing; the warm-up steps did: put the starting weights back in place.
-        with torch.no_grad():
-            for p, p0 in zip(self.params, initial):
-                p.copy_(p0)
+        # Capture runs nothing; the warm-up steps did: put the starting state back in place.
+        if self.optimizer is not None:
+            self._restore(initial)
         torch.cuda.synchronize()
         self.graph = graph
-        self.static_loss = static_loss.detach()
+        self.static_loss = static_loss
         self.static_grad = None if self.leaf is None else self.leaf.grad
         self.loss = None
         self.grad = None
@@ -190,6 +289,7 @@ class TorchRunner(Runner):
             self.loss, self.grad = self.static_loss, self.static_grad
         else:
             self._eager_step()
+        self.steps += 1
 
     def sync(self):
         if self.gpu:
@@ -197,10 +297,13 @@ class TorchRunner(Runner):
 
     def fingerprint(self):
         self.sync()
-        if self.loss is None:
+        if self.steps == 0:
             raise RuntimeError("fingerprint() before any step()")
+        if self.kind == "adam":
+            return adam_fingerprint([p.detach().cpu().numpy() for p in self.params],
+                                    self.fixed_grads)
         loss = float(self.loss.cpu())
-        if self.kind == "mlp":
+        if self.kind in TRAINING_KINDS:
             return np.array([loss])
         return gradient_fingerprint(loss, self.grad.detach().cpu().numpy())
 
@@ -225,9 +328,7 @@ class _Torch(System):
             raise Unavailable(f"torch {torch.__version__} has no torch.compile")
 
     def supports(self, workload):
-        # lenet, lstm (nn.LSTM on cuDNN) and adam (torch.optim.Adam(fused=True)) peers are
-        # still to be written: they need a machine with torch to be tested on
-        return workload.kind in ("mlp", "elementwise", "softmax_xent")
+        return workload.kind in KINDS
 
     def build(self, workload, data):
         self.check()
