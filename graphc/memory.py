@@ -187,8 +187,8 @@ def memory_limit(explicit=None) -> int | None:
 
 def format_bytes(n: int) -> str:
     """1536 -> '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
-        if n < 1024 or unit == "PiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"):
+        if n < 1024 or unit == "EiB":
             return f"{n} B" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
 

@@ -34,8 +34,8 @@ def check_supported(backend: str, steps) -> None:
     for step in steps:
         if not supports(backend, step.op):
             node = step.node
-            where = f" (node made at {node.source})" if node.source else ""
-            name = f" '{node.name}'" if node.name else ""
+            what = " ".join(filter(None, [f"'{node.name}'" if node.name else "",
+                                          f"made at {node.source}" if node.source else ""]))
             raise CompileError(f"compile: the {backend} backend has no kernel for op "
-                               f"'{step.op.name}' (node{name}{where}); use another backend "
-                               f"or express it with ops the backend has")
+                               f"'{step.op.name}' (node {what or f'%{step.slot}'}); use another "
+                               f"backend or express it with ops the backend has")
