@@ -141,7 +141,7 @@ _VALUE_PRESERVING = {"reshape", "reshape_like", "transpose", "expand_dims", "cas
 
 
 def _index_checks(plan: Plan) -> list:
-    """[(feed position, step, input position, count, noun)] for every op reading integer
+    """[(feed position, step, count(shapes, attrs), noun)] for every op reading integer
     indices that come straight from a placeholder (through reshapes and integer casts), so
     a call can check their range before anything runs."""
     position = {ph: i for i, (ph, _) in enumerate(plan.feeds)}
@@ -245,8 +245,8 @@ class _NumericsWatch:
         return "from finite inputs"
 
     def _first_non_finite(self, k):
-        """(step, 'NaN'/'Inf', its arguments) of the first member op whose NumPy reference, fed the kernel's
-        saved inputs and the members before it, gives a non-finite value."""
+        """(step, 'NaN' or 'Inf', its arguments) of the first member op whose NumPy reference,
+        fed the kernel's saved inputs and the members before it, gives a non-finite value."""
         bp = self.bound
         values = dict(zip(k.inputs, self.saved))
         for st in k.steps:
