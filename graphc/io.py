@@ -20,6 +20,10 @@ class CheckpointError(GraphcError):
     """A checkpoint cannot be written, read, or does not fit the graph it is loaded into."""
 
 
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's parameter names differ from the graph's (strict loading)."""
+
+
 def _parameters(target) -> list[Parameter]:
     """The parameters of a Graph, a Function (its graph's), a model (its `.parameters()`),
     or a list of Parameters."""
@@ -130,7 +134,7 @@ def load(path: str | os.PathLike, target, strict: bool = True) -> dict:
         missing = sorted(set(by_name) - set(values))
         unused = sorted(set(values) - set(by_name))
         if missing or unused:
-            raise CheckpointError(
+            raise CheckpointMismatchError(
                 f"{path} does not match the graph: " +
                 (f"missing {missing}" if missing else "") +
                 ("; " if missing and unused else "") +

@@ -4,6 +4,7 @@ learning-rate schedules. The training step and the evaluation function are each 
 once; a different last-batch size binds its plan once and reuses it after."""
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class Callback:
     def on_train_begin(self, trainer: "Trainer") -> None:
         pass
 
+    def on_batch_end(self, batch: int, logs: dict, trainer: "Trainer") -> None:
+        """After each training step; batch counts from 0 within the epoch, logs["loss"] is
+        that batch's loss."""
+
     def on_epoch_end(self, epoch: int, logs: dict, trainer: "Trainer") -> bool | None:
         return None
 
@@ -113,11 +118,24 @@ class EarlyStopping(Callback):
 
 
 class ModelCheckpoint(Callback):
-    """Save every parameter (optimizer state included), the epoch count and the schedule's
-    state to `path` after every `every` epochs; `fit(..., resume_from=path)` continues."""
+    """Save every parameter (optimizer state and the random counter included), the epoch
+    count and the schedule's state to `path` after every `every` epochs, and, with
+    `every_steps`, also after every that many batches within an epoch (with the position
+    and the epoch's running loss). `fit(..., resume_from=path)` continues the same
+    trajectory, bit for bit, from the last save."""
 
-    def __init__(self, path: str, every: int = 1):
-        self.path, self.every = path, every
+    def __init__(self, path: str, every: int = 1, every_steps: int | None = None):
+        if every < 1 or (every_steps is not None and every_steps < 1):
+            raise TrainError(f"ModelCheckpoint: every and every_steps must be positive, got "
+                             f"{every} and {every_steps}")
+        self.path, self.every, self.every_steps = path, every, every_steps
+
+    def on_batch_end(self, batch, logs, trainer):
+        # the epoch's last batch is left to on_epoch_end: its save includes validation,
+        # the schedule's step and the callbacks that follow
+        if (self.every_steps and (batch + 1) % self.every_steps == 0
+                and batch + 1 < trainer.position["batches"]):
+            trainer.save(self.path, trainer.position["epoch"], mid_epoch=True)
 
     def on_epoch_end(self, epoch, logs, trainer):
         if (epoch + 1) % self.every == 0:
@@ -128,22 +146,36 @@ class Trainer:
     """What fit builds: the compiled step and evaluation over a model, or a given step."""
 
     def __init__(self, step: Function, evaluate, feed_names: list, parameters: list,
-                 graph, schedule=None):
+                 graph, schedule=None, optimizer=None):
         self.step, self.evaluate = step, evaluate
         self.feed_names, self.parameters, self.graph = feed_names, parameters, graph
-        self.schedule = schedule
+        self.schedule, self.optimizer = schedule, optimizer
+        # where fit is: epoch, batches done in it and its running sums, the batch plan
+        self.position: dict = {}
 
-    def save(self, path: str, epochs_done: int) -> None:
+    def save(self, path: str, epochs_done: int, mid_epoch: bool = False) -> None:
+        """Checkpoint the parameters, the schedule and (mid_epoch) fit's place in the
+        epoch `epochs_done`, so that resume() continues exactly from here."""
         extra = {"epoch": epochs_done}
         if self.schedule is not None:
             extra["schedule"] = self.schedule.state_dict()
+        if mid_epoch:
+            extra["position"] = {k: self.position[k] for k in
+                                 ("done", "loss_total", "count", "metrics", "plan")}
         io.save(path, self.graph, extra=extra)
 
-    def resume(self, path: str) -> int:
-        extra = io.load(path, self.graph)
+    def resume(self, path: str) -> tuple[int, dict | None]:
+        """Restore a checkpoint: (the epoch to continue, the position within it or None)."""
+        try:
+            extra = io.load(path, self.graph)
+        except io.CheckpointMismatchError as e:
+            raise io.CheckpointMismatchError(
+                f"{e}. fit resumes into the model and optimizer the checkpoint was written "
+                f"from: in the same process, pass the interrupted fit's optimizer object (or "
+                f"none) again; in a new process, build the model the same way") from e
         if self.schedule is not None and "schedule" in extra:
             self.schedule.load_state_dict(extra["schedule"])
-        return int(extra.get("epoch", 0))
+        return int(extra.get("epoch", 0)), extra.get("position")
 
 
 def _as_pair(data, what: str):
@@ -158,6 +190,16 @@ def _as_pair(data, what: str):
 
 def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer, backend,
                    schedule) -> Trainer:
+    """The model's training step and evaluation, compiled once per model, loss, backend and
+    data layout: a later fit with the same (or no) optimizer reuses them, so it continues
+    the same step (the same dropout seeds and optimizer state, which a resumed run needs)."""
+    from .optim import Adam
+    key = (loss, backend, x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
+    cached = getattr(model, "_fit_trainer", None)
+    if cached is not None and cached[0] == key and optimizer in (None, cached[1].optimizer):
+        cached[1].schedule = schedule
+        return cached[1]
+    optimizer = optimizer or Adam()
     g = model.graph
     with g:
         xdt = x.dtype if x.dtype.kind in "iu" else np.float32
@@ -174,7 +216,10 @@ def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer,
         out_eval = model(xp, training=False)
         evaluate = _compile({"loss": loss_fn(out_eval, yp), "out": out_eval},
                             backend=backend)
-    return Trainer(step, evaluate, [xp.name, yp.name], g.parameters(), g, schedule)
+    trainer = Trainer(step, evaluate, [xp.name, yp.name], g.parameters(), g, schedule,
+                      optimizer)
+    model._fit_trainer = (key, trainer)
+    return trainer
 
 
 def _run_eval(trainer: Trainer, x, y, batch_size, metrics) -> dict:
@@ -221,18 +266,18 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
     stochastic, anything else mini-batch. Returns the History.
 
     For a model, the step minimizes `loss` ("cross_entropy", "mse", "bce", "hinge" or a
-    callable (outputs, labels) -> scalar) with `optimizer` (default Adam), and evaluation
-    runs the model in eval mode on `validation` = (inputs, labels). Epoch e shuffles with a
-    generator seeded by (seed, e), so a run resumed at epoch e sees the same batches."""
+    callable (outputs, labels) -> scalar) with `optimizer` (default: the previous fit's on
+    this model, else a new Adam), and evaluation runs the model in eval mode on
+    `validation` = (inputs, labels). Epoch e shuffles with a generator seeded by (seed, e).
+    resume_from: a ModelCheckpoint file; training continues from it (mid-epoch too) exactly
+    as the interrupted run would have."""
     from tqdm.auto import tqdm
 
-    from .optim import Adam
     callbacks = list(callbacks)
     metric_fns = _metric_fns(metrics) if isinstance(model_or_step, Module) else {}
     if isinstance(model_or_step, Module):
         x, y = _as_pair(train_data, "train_data")
-        trainer = _model_trainer(model_or_step, x, y, loss, optimizer or Adam(), backend,
-                                 schedule)
+        trainer = _model_trainer(model_or_step, x, y, loss, optimizer, backend, schedule)
         arrays, names = [x, y], trainer.feed_names
         val = _as_pair(validation, "validation") if validation is not None else None
     elif isinstance(model_or_step, Function):
@@ -257,20 +302,33 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
     bs = n if batch_size is None else int(batch_size)
     if bs < 1:
         raise TrainError(f"batch_size must be positive or None, got {batch_size}")
+    n_batches = math.ceil(n / bs)
+    batch_plan = {"n": n, "batch_size": bs, "shuffle": bool(shuffle), "seed": int(seed)}
+    resumed = None
     if resume_from is not None:
-        initial_epoch = trainer.resume(resume_from)
+        initial_epoch, resumed = trainer.resume(resume_from)
+        if resumed is not None and resumed.get("plan") != batch_plan:
+            raise TrainError(f"{resume_from} was saved in the middle of epoch "
+                             f"{initial_epoch + 1} of a run with batches {resumed.get('plan')}; "
+                             f"this run has {batch_plan}: resume with the same data, "
+                             f"batch_size, shuffle and seed")
     history = History(step=trainer.step, evaluate=trainer.evaluate)
     history._trainer = trainer
     for cb in callbacks:
         cb.on_train_begin(trainer)
     for epoch in range(initial_epoch, epochs):
         rng = np.random.default_rng([seed, epoch])
-        total, count, correct = 0.0, 0, {k: 0.0 for k in metric_fns}
-        n_batches = math.ceil(n / bs)
-        bar = tqdm(batches(*arrays, batch_size=bs, shuffle=shuffle, rng=rng),
-                   total=n_batches, desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
-                   leave=False, file=sys.stderr, mininterval=0.5)
-        for parts in bar:
+        total, count, correct, skip = 0.0, 0, {k: 0.0 for k in metric_fns}, 0
+        if resumed is not None and epoch == initial_epoch:  # the batches before the save
+            skip, total, count = resumed["done"], resumed["loss_total"], resumed["count"]
+            correct.update(resumed["metrics"])
+        pos = trainer.position = {"epoch": epoch, "batches": n_batches, "plan": batch_plan,
+                                  "metrics": correct}
+        todo = itertools.islice(batches(*arrays, batch_size=bs, shuffle=shuffle, rng=rng),
+                                skip, None)
+        bar = tqdm(todo, total=n_batches, initial=skip, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not progress, leave=False, file=sys.stderr, mininterval=0.5)
+        for b, parts in enumerate(bar, start=skip):
             out = trainer.step(dict(zip(names, parts)))
             loss_value = float(out["loss"] if isinstance(out, dict) else
                                out[0] if isinstance(out, (list, tuple)) else out)
@@ -284,6 +342,9 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
                 raise TrainError(f"the loss became {loss_value} in epoch {epoch + 1}; lower "
                                  f"the learning rate or clip gradients")
             bar.set_postfix(loss=f"{total / count:.4f}", refresh=False)
+            pos.update(done=b + 1, loss_total=total, count=count)
+            for cb in callbacks:
+                cb.on_batch_end(b, {"loss": loss_value}, trainer)
         bar.close()
         logs = {"loss": total / count}
         logs.update({k: v / count for k, v in correct.items()})

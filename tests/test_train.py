@@ -133,3 +133,140 @@ def test_fit_errors_are_explained(rng):
         gc.fit(_blob_model(), (x, y[:5]), progress=False)
     with pytest.raises(gc.train.TrainError, match="the loss became nan"):
         gc.fit(_blob_model(), (x * np.nan, y), progress=False)
+
+
+# --- interruption and resumption -----------------------------------------------------------
+def _dropout_model():
+    return gc.nn.Sequential(gc.nn.Dense(2, 16, activation="relu"), gc.nn.Dropout(0.3),
+                            gc.nn.Dense(16, 3))
+
+
+def _fit_blobs(model, opt, sched, epochs=3, **kw):
+    x, y = _blobs(np.random.default_rng(5), 150)  # 9 batches of 16 and one of 6
+    return gc.fit(model, (x, y), epochs=epochs, batch_size=16, optimizer=opt, schedule=sched,
+                  seed=4, progress=False, **kw)
+
+
+def _setup():
+    model = _dropout_model()
+    opt = gc.optim.Adam(lr=0.02)
+    return model, opt, gc.optim.StepLR(opt, step_size=1, gamma=0.7)
+
+
+class _Interrupt(gc.train.Callback):
+    """Ctrl-C at a given (epoch, batch)."""
+
+    def __init__(self, epoch, batch):
+        self.at = (epoch, batch)
+
+    def on_batch_end(self, batch, logs, trainer):
+        if (trainer.position["epoch"], batch) == self.at:
+            raise KeyboardInterrupt
+
+
+def _uninterrupted():
+    with gc.Graph() as g:
+        h = _fit_blobs(*_setup())
+        return h, {p.name: p.value for p in g.parameters()}
+
+
+@pytest.mark.parametrize("where", ["same model", "fresh graph"])
+@pytest.mark.parametrize("every_steps", [None, 4])
+def test_an_interrupted_fit_resumes_bit_for_bit(tmp_path, where, every_steps):
+    """Ctrl-C in the middle of epoch 2 (the loss of batches 0-6 done), then resume from the
+    last checkpoint (end of epoch 1, or batch 4 of epoch 2): the parameters, the Adam state,
+    the step and random counters and the logged figures equal an uninterrupted run's."""
+    full, want = _uninterrupted()
+    ck = str(tmp_path / "ck.npz")
+    with gc.Graph() as g:
+        model, opt, sched = _setup()
+        with pytest.raises(KeyboardInterrupt):
+            _fit_blobs(model, opt, sched, callbacks=[
+                gc.train.ModelCheckpoint(ck, every_steps=every_steps), _Interrupt(1, 6)])
+        if where == "same model":  # as after Ctrl-C in a notebook
+            resumed = _fit_blobs(model, opt, sched, resume_from=ck)
+            got = {p.name: p.value for p in g.parameters()}
+    if where == "fresh graph":  # as a new process would
+        with gc.Graph() as g:
+            resumed = _fit_blobs(*_setup(), resume_from=ck)
+            got = {p.name: p.value for p in g.parameters()}
+    assert resumed.epochs == [1, 2]
+    assert resumed.history["loss"] == full.history["loss"][1:]
+    assert resumed.history["lr"] == full.history["lr"][1:]
+    assert set(got) == set(want) and int(got["rng/counter"]) == 30
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+def test_mid_epoch_checkpoints_record_the_position(tmp_path):
+    ck = tmp_path / "ck.npz"
+    with gc.Graph():
+        model, opt, sched = _setup()
+        with pytest.raises(KeyboardInterrupt):
+            _fit_blobs(model, opt, sched, callbacks=[
+                gc.train.ModelCheckpoint(str(ck), every_steps=3), _Interrupt(0, 7)])
+    _, extra = gc.io.read(ck)
+    assert extra["epoch"] == 0 and extra["position"]["done"] == 6
+    assert extra["position"]["plan"] == {"n": 150, "batch_size": 16, "shuffle": True,
+                                         "seed": 4}
+    with gc.Graph():
+        model, opt, sched = _setup()
+        with pytest.raises(gc.train.TrainError, match="middle of epoch 1.*same data, "
+                                                      "batch_size"):
+            gc.fit(model, _blobs(np.random.default_rng(5), 150), epochs=3, batch_size=32,
+                   optimizer=opt, schedule=sched, seed=4, progress=False,
+                   resume_from=str(ck))
+    with pytest.raises(gc.train.TrainError, match="every_steps must be positive"):
+        gc.train.ModelCheckpoint(str(ck), every_steps=0)
+
+
+def test_resuming_with_another_optimizer_in_the_same_process_is_explained(tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    with gc.Graph():
+        model, opt, sched = _setup()
+        _fit_blobs(model, opt, sched, epochs=1, callbacks=[gc.train.ModelCheckpoint(ck)])
+        with pytest.raises(gc.CheckpointError, match="pass the interrupted fit's optimizer"):
+            _fit_blobs(model, gc.optim.Adam(lr=0.02), None, resume_from=ck)
+
+
+def test_a_second_fit_continues_with_the_same_compiled_step():
+    with gc.Graph():
+        model, opt, sched = _setup()
+        first = _fit_blobs(model, opt, sched, epochs=1)
+        again = _fit_blobs(model, None, None, epochs=1)
+        assert again.step is first.step
+        assert opt.step_count == 2 * 10  # both fits' steps (10 batches an epoch)
+
+
+_KILLED_CHILD = """
+import os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import graphc as gc, test_train as t
+
+class Kill(gc.train.Callback):
+    def on_epoch_end(self, epoch, logs, trainer):
+        if epoch == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+model, opt, sched = t._setup()
+t._fit_blobs(model, opt, sched, callbacks=[gc.train.ModelCheckpoint(sys.argv[2]), Kill()])
+"""
+
+
+def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    ck = str(tmp_path / "ck.npz")
+    r = subprocess.run([sys.executable, "-c", _KILLED_CHILD, os.path.dirname(__file__), ck],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    assert gc.io.read(ck)[1]["epoch"] == 2
+    full, want = _uninterrupted()
+    with gc.Graph() as g:
+        resumed = _fit_blobs(*_setup(), resume_from=ck)
+        got = {p.name: p.value for p in g.parameters()}
+    assert resumed.epochs == [2] and resumed.history["loss"] == full.history["loss"][2:]
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
