@@ -1,10 +1,11 @@
 # graphc: `make demo` installs and trains a small classifier; `make test` installs and tests;
-# `make bench` installs and runs the benchmark suite on the hardware present.
+# `make bench` installs and runs the benchmark suite on the hardware present; `make fuzz` runs
+# the random-graph fuzzer with a 5000-graph budget (the test suite runs 500).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install install-test test demo bench bench-quick overhead clean
+.PHONY: install install-test test fuzz demo bench bench-quick overhead clean
 
 # --system-site-packages: peers installed on the machine (torch, jax, cupy) stay visible.
 $(PY):
@@ -19,6 +20,9 @@ install-test: $(PY)
 
 test: install-test
 	$(PY) -m pytest -q
+
+fuzz: install-test
+	GRAPHC_FUZZ_EXAMPLES=$${GRAPHC_FUZZ_EXAMPLES:-5000} $(PY) -m pytest -q tests/test_fuzz.py
 
 demo: install
 	$(PY) examples/train_classifier.py

@@ -119,6 +119,9 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
         mms = [t.inputs[0] if outer else t for t in group]
         if len(mms) < 2 or len({(m.dtype, m.shape) for m in mms}) != 1:
             continue
+        if any(m.inputs[1].shape[0] is None for m in mms):
+            # stacking along an unbound axis: concat could not be differentiated again
+            continue
         lhs = [m.inputs[0] for m in mms]
         if all(is_t(a) for a in lhs):
             a = transpose(concat([a.inputs[0] for a in lhs], axis=0))

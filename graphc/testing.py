@@ -97,3 +97,36 @@ def check_grads(y: Tensor, wrt, feed: dict, eps: float = 1e-6, rtol: float = 1e-
         raise GradientCheckError(f"gradient of '{name}' at index {tuple(int(i) for i in j)}: "
                                  f"symbolic {a:.10g}, finite difference {n:.10g} "
                                  f"(rtol={rtol}, atol={atol})")
+
+
+def evaluate(outputs, feeds: dict, cache: dict | None = None) -> list:
+    """Evaluate `outputs` (a tensor or a list) op by op with each op's NumPy reference: no
+    passes, no fusion, no memory plan. The oracle compiled plans are tested against.
+
+    `feeds` maps placeholders or their names to arrays (converted to the placeholder's
+    dtype); parameters read their current value. `cache` ({id(node): value}) may be shared
+    between calls on the same graph and feeds, so growing a graph re-evaluates only new
+    nodes; an entry put there beforehand pins that node's value (a perturbed input)."""
+    single = isinstance(outputs, Tensor)
+    outputs = [outputs] if single else list(outputs)
+    named = {(k.name if isinstance(k, Tensor) else k): v for k, v in feeds.items()}
+    values = {} if cache is None else cache
+    for n in topo_order(outputs):
+        if id(n) in values:
+            continue
+        if isinstance(n, Placeholder):
+            if n.name not in named:
+                raise GraphcError(f"evaluate: no feed for placeholder '{n.name}'")
+            v = np.asarray(named[n.name]).astype(n.dtype, copy=False)
+        elif isinstance(n, Parameter):
+            v = n._value
+        elif isinstance(n, Constant):
+            v = n.value
+        else:
+            args = [values[id(x)].shape if i in n.op.shape_only else values[id(x)]
+                    for i, x in enumerate(n.inputs)]
+            with np.errstate(all="ignore"):
+                v = np.asarray(n.op.reference(*args, **n.attrs)).astype(n.dtype, copy=False)
+        values[id(n)] = v
+    result = [values[id(n)] for n in outputs]
+    return result[0] if single else result

@@ -59,9 +59,11 @@ def _infer_conv(shapes, dts, stride, padding, dilation, groups):
         fail(f"input and weight must share a float dtype, got {dts[0]} and {dts[1]}")
     n, c, h, w = xs
     o, cg, kh, kw = ws
-    if c is not None and c != cg * groups:
+    if kh is None or kw is None:
+        fail(f"the weight's kernel size must be known when the graph is built, got {ws}")
+    if c is not None and cg is not None and c != cg * groups:
         fail(f"input has {c} channels but weight expects {cg} x groups={groups}")
-    if o % groups:
+    if o is not None and o % groups:
         fail(f"{o} output channels are not divisible by groups={groups}")
     oh = _out_size(h, kh, stride[0], padding[0], dilation[0])
     ow = _out_size(w, kw, stride[1], padding[1], dilation[1])

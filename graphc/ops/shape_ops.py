@@ -72,8 +72,9 @@ def transpose(x, axes=None) -> Tensor:
 # --- broadcasting --------------------------------------------------------------------------
 def _infer_broadcast_to(shapes, dts, shape):
     out = broadcast_shapes(shapes[0], shape)
+    # an unbound (None) input dimension may match any target size: bind checks it
     if len(shapes[0]) > len(shape) or any(
-            o != t for o, t in zip(out, shape) if t is not None):
+            o != t for o, t in zip(out, shape) if t is not None and o is not None):
         fail(f"cannot broadcast to {shape}")
     return tuple(shape), dts[0]
 
