@@ -366,10 +366,11 @@ class Function:
             if ids.size and (ids.min() < 0 or ids.max() >= n):
                 bad = ids[(ids < 0) | (ids >= n)]
                 where = f" made at {step.node.source}" if step.node.source else ""
-                raise FeedError(f"placeholder '{self._feeds[pos].name}' holds {bad.size} "
-                                f"value(s) outside [0, {n}) (e.g. {bad.flat[0]}; fed range "
-                                f"[{ids.min()}, {ids.max()}]): {step.op.name}{where} indexes "
-                                f"{n} {noun}")
+                word = "label" if noun == "classes" else "index"
+                raise FeedError(f"placeholder '{self._feeds[pos].name}': {word} {bad.flat[0]} is "
+                                f"out of range for {n} {noun} ({bad.size} value(s) outside "
+                                f"[0, {n}); fed range [{ids.min()}, {ids.max()}]), read by "
+                                f"{step.op.name}{where}")
 
     def _compiled_for(self, arrays: list):
         key = tuple(arrays[i].shape for i in self._dynamic)

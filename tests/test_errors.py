@@ -93,9 +93,10 @@ def test_feed_batch_sizes_that_do_not_fit_name_the_op():
 
 def test_label_out_of_range_names_placeholder_range_op_and_line():
     fn, _ = _fn()
-    with pytest.raises(gc.FeedError, match=r"placeholder 't' holds 1 value\(s\) outside \[0, 3\) "
-                                           r"\(e\.g\. 7; fed range \[0, 7\]\): softmax_cross_entropy "
-                                           r"made at test_errors\.py:\d+ indexes 3 classes"):
+    with pytest.raises(gc.FeedError, match=r"placeholder 't': label 7 is out of range for 3 "
+                                           r"classes \(1 value\(s\) outside \[0, 3\); fed range "
+                                           r"\[0, 7\]\), read by softmax_cross_entropy made at "
+                                           r"test_errors\.py:\d+"):
         fn(x=np.zeros((2, 3)), t=np.array([0, 7]))
 
 

@@ -173,9 +173,11 @@ def _embedding_classifier():
     ({"x": np.zeros((6, 5), np.float32)}, r"'x' expects shape \(None, 4\), got \(6, 5\)"),
     ({"t": np.zeros(6)}, r"'t' is int32; cannot convert fed dtype float64"),
     ({"t": None}, r"missing feed for placeholder\(s\) 't'"),
-    ({"t": np.array([0, 1, 2, 3, 0, 1])}, r"placeholder 't' holds 1 value\(s\) outside \[0, 3\)"),
-    ({"t": np.array([0, 1, -1, 2, 0, 1])}, r"placeholder 't' .* \(e\.g\. -1"),
-    ({"ids": np.array([0, 1, 2, 10, 4, 5])}, r"placeholder 'ids' .*outside \[0, 10\).*embedding"),
+    ({"t": np.array([0, 1, 2, 3, 0, 1])},
+     r"placeholder 't': label 3 is out of range for 3 classes"),
+    ({"t": np.array([0, 1, -1, 2, 0, 1])}, r"placeholder 't': label -1 is out of range"),
+    ({"ids": np.array([0, 1, 2, 10, 4, 5])},
+     r"placeholder 'ids': index 10 is out of range for 10 embeddings .*read by embedding"),
     ({"x": np.zeros((5, 4), np.float32)}, r"the fed shapes do not fit concat"),
 ])
 def test_a_bad_feed_leaves_parameters_and_optimizer_state_bitwise_unchanged(rng, change, error):
