@@ -18,7 +18,7 @@ from .ops import (abs, add, binary_cross_entropy_with_logits, broadcast_to, cast
                   maximum, mean, min, minimum, mse_loss, mul, neg, one_hot, pairwise_distance,
                   pow, relu, reshape, sigmoid, sign, softmax, softmax_cross_entropy, softplus,
                   sqrt, square, sub, sum, tanh, transpose, triplet_loss, where, zeros_like)
-from .ops import (argmax, avg_pool2d, conv2d, dropout, embedding, layer_norm,  # noqa: F401
+from .ops import (argmax, avg_pool2d, batch_norm, conv2d, dropout, embedding, layer_norm,  # noqa: F401
                   max_pool2d, random_uniform)
 
 __version__ = "0.1.0"

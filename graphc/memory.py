@@ -127,6 +127,9 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None) -> MemoryPlan:
                 donor = None if out in k.epilogue else next((s for s in k.inputs if s in alive and base[s] == s
                               and last.get(s) == i and size[s] == size[out]
                               and not any(base[v] == s and v != s for v in k.inputs)
+                              # the epilogue runs after the main loop has written `out`
+                              and not any(s in st.inputs for st in k.steps
+                                          if st.slot in k.epilogue)
                               and dtypes[s] == dtypes[out] and tuple(shapes[s]) == k.shape
                               and tuple(shapes[out]) == k.shape), None)
             if donor is not None:

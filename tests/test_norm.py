@@ -12,9 +12,7 @@ EPS = 1e-5
 # kernel's epilogue still reads; the double-backward graphs below hit it under the default
 # passes (correct with optimize=False, see test_double_backward_matches_torch). Remove the
 # marker with the fix (exclude such inputs as in-place donors in plan_memory).
-EPILOGUE_INPLACE_BUG = pytest.mark.xfail(strict=True, raises=GradientCheckError,
-                                         reason="memory plan: epilogue input overwritten")
-batch_norm = gc.ops.batch_norm  # not yet exported as gc.batch_norm
+batch_norm = gc.batch_norm
 
 
 # --- float64 references written from torch's documentation ------------------------------------
@@ -191,7 +189,6 @@ def test_batch_norm_gradients(rng, shape, training):
                 {x: rng.normal(size=shape)})
 
 
-@EPILOGUE_INPLACE_BUG
 def test_layer_norm_double_backward(rng):
     """Gradient of a function of the gradient (a gradient penalty), checked by finite
     differences: the rules are differentiable graph ops."""
@@ -204,7 +201,7 @@ def test_layer_norm_double_backward(rng):
     check_grads(penalty, [x, w, b], {x: rng.normal(size=(3, 4))}, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("training", [pytest.param(True, marks=EPILOGUE_INPLACE_BUG), False])
+@pytest.mark.parametrize("training", [True, False])
 def test_batch_norm_double_backward(rng, training):
     x = gc.placeholder("x", (None, 2, 3), dtype="float64")
     w, b = _params(rng, (2,))
