@@ -5,13 +5,9 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.testing import GradientCheckError, check_grads
+from graphc.testing import check_grads
 
 EPS = 1e-5
-# graphc/memory.py lets a fused kernel's main loop write an output over an input that the
-# kernel's epilogue still reads; the double-backward graphs below hit it under the default
-# passes (correct with optimize=False, see test_double_backward_matches_torch). Remove the
-# marker with the fix (exclude such inputs as in-place donors in plan_memory).
 batch_norm = gc.batch_norm
 
 
