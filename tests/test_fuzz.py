@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, reject, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import graphc as gc
 from graphc.backends import numba_cpu
@@ -42,22 +42,6 @@ def _settings(n):
     return settings(max_examples=n, derandomize=True, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
-
-
-class PendingBug(Exception):
-    """The graph hits a known bug whose fix is pending in a file this suite does not own;
-    its xfail(strict) regression test is in tests/test_fuzz_regressions.py. Such graphs are
-    rejected (not counted) until the fix lands; then delete the check in _run."""
-
-
-def _run(fn, feeds):
-    try:
-        out = fn(feeds)
-    except AssertionError as e:
-        if "fusion created a cycle" in str(e):  # graphc/passes/fuse.py, see
-            raise PendingBug(str(e)) from e  # test_fusion_of_layer_norm_double_backward_has_no_cycle
-        raise
-    return out
 
 
 @st.composite
@@ -144,7 +128,7 @@ def check_case(case: fg.Case, backends=BACKENDS, double_backward: bool = True) -
         for optimize in (True, False):
             fn = gc.compile(targets, optimize=optimize, backend=backend)
             fg.reset_random_streams(case.graph)
-            got = _run(fn, case.feeds)
+            got = fn(case.feeds)
             for t, g, want in zip(targets, got, ref.values):
                 assert np.asarray(g).dtype == t.dtype, f"dtype of {t.describe()}"
                 _compare(g, want, tol, ref.scale,
@@ -169,7 +153,7 @@ def check_case(case: fg.Case, backends=BACKENDS, double_backward: bool = True) -
     want = evaluate(second, ref.feeds)
     fn = gc.compile(second)
     fg.reset_random_streams(ref.graph)
-    for h, got, w in zip(second, _run(fn, ref.feeds), want):
+    for h, got, w in zip(second, fn(ref.feeds), want):
         _compare(got, w, TOLERANCE[np.dtype("float64")], ref.scale, f"double backward {h}")
     ref.check_fd(s, wrt64, want, "double backward")
 
@@ -177,10 +161,7 @@ def check_case(case: fg.Case, backends=BACKENDS, double_backward: bool = True) -
 @_settings(EXAMPLES)
 @given(case=cases())
 def test_random_graphs(case):
-    try:
-        check_case(case)
-    except PendingBug:
-        reject()
+    check_case(case)
 
 
 NUMBA_FAMILIES = ("unary", "arithmetic", "div", "select", "cast", "broadcast", "reduction",
@@ -195,10 +176,7 @@ def test_random_graphs_with_numba_kernels(case):
     of 16K elements or more use it), so the small fuzz graphs reach the Numba path."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(numba_cpu, "MIN_ELEMENTS", 1)
-        try:
-            check_case(case, double_backward=False)
-        except PendingBug:
-            reject()
+        check_case(case, double_backward=False)
 
 
 def test_every_registered_op_is_fuzzed_or_excluded():

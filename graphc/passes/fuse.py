@@ -81,6 +81,45 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
     owner: dict[int, Kernel] = {}  # step index -> kernel
     members: dict[int, int] = {}  # id(kernel) -> bitset of member step indices
     kernels: list[Kernel] = []
+    # Kernel-level dependence, for pruning the legality search: hi[id(k)] is the highest
+    # step index in k or in any kernel k depends on (as whole kernels). Steps arrive in
+    # order, so a kernel that gains step i, and everything downstream of it, gets hi = i.
+    hi: dict[int, int] = {}
+    users: dict[int, set] = {}  # id(kernel) -> ids of kernels reading its outputs
+    by_id: dict[int, Kernel] = {}
+    merged: dict[int, tuple] = {}  # id(absorbed kernel) -> (it, the kernel it joined)
+    absorbed: list = []  # kernels merged into another by the current step
+
+    def resolve(kid: int) -> Kernel:
+        while kid in merged:
+            kid = id(merged[kid][1])
+        return by_id[kid]
+
+    def source_kernel(slot):
+        j = producer.get(slot)
+        while j is not None and j not in owner:  # an alias nobody materializes: its source
+            j = producer.get(plan.steps[j].inputs[0])
+        return None if j is None else owner[j]
+
+    def touch(i: int) -> None:
+        k = owner[i]
+        by_id[id(k)] = k
+        for other in absorbed:
+            merged[id(other)] = (other, k)
+            users.setdefault(id(k), set()).update(users.pop(id(other), ()))
+        absorbed.clear()
+        for s in data_inputs(plan.steps[i]):
+            src = source_kernel(s)
+            if src is not None and src is not k:
+                users.setdefault(id(src), set()).add(id(k))
+        hi[id(k)] = i
+        stack = [k]
+        while stack:
+            for uid in list(users.get(id(stack.pop()), ())):
+                u = resolve(uid)
+                if hi.get(id(u), -1) < i:
+                    hi[id(u)] = i
+                    stack.append(u)
 
     def legal(kernel_bits: int, new_inputs) -> bool:
         """Joining is legal if no outside input depends on the group. Dependence is judged
@@ -88,28 +127,28 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
         lowest = (kernel_bits & -kernel_bits).bit_length() - 1
         seen: set[int] = set()
 
-        def reaches(slot) -> bool:
-            j = producer.get(slot)
-            if j is None:
-                return False
-            if kernel_bits >> j & 1:  # reached from outside: the outside kernel needs the group
-                return True
-            if anc(slot) & kernel_bits:
-                return True
-            k = owner.get(j)
-            if k is None or id(k) in seen:
-                return False
-            seen.add(id(k))
-            bits = members[id(k)]
-            if bits & kernel_bits:
-                return True
-            if bits.bit_length() - 1 < lowest:  # all of k precedes the group: cannot reach it
-                return False
-            return any(reaches(s) for st in k.steps for s in data_inputs(st))
-
         outside = [s for s in new_inputs
                    if not (s in producer and kernel_bits >> producer[s] & 1)]
-        return not any(reaches(s) for s in outside)
+        stack = list(outside)  # an explicit stack: chains of kernels can be thousands deep
+        while stack:
+            slot = stack.pop()
+            j = producer.get(slot)
+            if j is None:
+                continue
+            if kernel_bits >> j & 1:  # reached from outside: the outside kernel needs the group
+                return False
+            if anc(slot) & kernel_bits:
+                return False
+            k = source_kernel(slot)
+            if k is None or id(k) in seen:
+                continue
+            seen.add(id(k))
+            if members[id(k)] & kernel_bits:
+                return False
+            if hi[id(k)] < lowest:  # k and all it depends on precede the group
+                continue
+            stack.extend(s for st in k.steps for s in data_inputs(st))
+        return True
 
     roots = set(plan.outputs) | {s for _, s in plan.updates}
     for i, step in enumerate(plan.steps):
@@ -125,19 +164,20 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
         elif step.op.elementwise and not fuse:
             k = Kernel("fused", [step], shape=tuple(shapes[step.slot]))
         elif step.op.elementwise:
-            k = _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
-            if k is None:
-                continue
+            k = _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels,
+                                  absorbed)
         elif fuse and name in REDUCTIONS and _attach_reduction(
                 i, step, shapes, producer, owner, members, legal, kernels):
-            continue
+            k = None
         elif fuse and _attach_pair(i, step, producer, owner, members, legal, pairs):
-            continue
+            k = None
         else:
             k = Kernel("op", [step], data_inputs(step), [step.slot])
-        kernels.append(k)
-        owner[i] = k
-        members[id(k)] = 1 << i
+        if k is not None:
+            kernels.append(k)
+            owner[i] = k
+            members[id(k)] = 1 << i
+        touch(i)
     readers: dict[int, set] = {}
     for j, st in enumerate(plan.steps):
         if j not in owner:
@@ -236,7 +276,7 @@ def _join_epilogue(i, step, shape, producer, owner, members, legal) -> bool:
     return False
 
 
-def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels):
+def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels, absorbed):
     shape = tuple(shapes[step.slot])
     if _join_epilogue(i, step, shape, producer, owner, members, legal):
         return None
@@ -274,6 +314,7 @@ def _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels)
             owner[j] = target
         kernels.remove(other)
         del members[id(other)]
+        absorbed.append(other)
     target.steps.append(step)
     members[id(target)] = merged_bits
     owner[i] = target

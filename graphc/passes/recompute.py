@@ -38,14 +38,15 @@ def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
     kept = set(plan.outputs) | {s for _, s in plan.updates}
     slot_of = {id(p): s for p, s in plan.params}
     base = view_bases(kernels, len(plan.nodes))
+    order = {st.slot: i for i, st in enumerate(plan.steps)}
+    position = {id(k): i for i, k in enumerate(kernels)}
+    writer = {s: i for i, k in enumerate(kernels) for s in k.outputs}
+    # parameter slot -> position of the kernel computing its new value
+    update_at = {slot_of[id(p)]: writer.get(s, -1) for p, s in plan.updates}
+    readers = _readers(kernels)
     changed = True
-    while changed:
+    while changed:  # a recomputed value can make another one cheap for the same reader
         changed = False
-        readers = _readers(kernels)
-        position = {id(k): i for i, k in enumerate(kernels)}
-        writer = {s: i for i, k in enumerate(kernels) for s in k.outputs}
-        # parameter slot -> position of the kernel computing its new value
-        update_at = {slot_of[id(p)]: writer.get(s, -1) for p, s in plan.updates}
         for k1 in kernels:
             if k1.kind != "fused":
                 continue
@@ -59,14 +60,14 @@ def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
                 last = max(position[id(k)] for k in targets)
                 if any(update_at.get(base[s], len(kernels)) <= last for s in leaves):
                     continue  # the parameter's update must stay its last reader
-                order = {st.slot: i for i, st in enumerate(plan.steps)}
                 for k2 in targets:
                     _insert(k2, cone, order)
+                    for s in leaves:
+                        if k2 not in readers.setdefault(s, []):
+                            readers[s].append(k2)
+                readers[v] = [k1]
                 k1.outputs.remove(v)
                 changed = True
-                break
-            if changed:
-                break
     return kernels
 
 
