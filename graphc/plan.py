@@ -178,24 +178,26 @@ class BoundPlan:
     def to_dot(self) -> str:
         """Graphviz DOT of the graph: one node per step, fused groups drawn as clusters."""
         lines = ["digraph graphc {", "  rankdir=TB;", "  node [shape=box, fontsize=10];"]
-        label = {}
+        label = {}  # slot -> label text, already escaped for a DOT string
         for ph, s in self.plan.feeds:
-            label[s] = f"feed {ph.name}"
+            label[s] = f"feed {_dot_escape(ph.name)}"
         for p, s in self.plan.params:
-            label[s] = f"param {p.name}"
+            label[s] = f"param {_dot_escape(p.name)}"
         for c, s in self.plan.consts:
             label[s] = "const"
         for st in self.plan.steps:
-            label[st.slot] = f"%{st.slot} {st.op.name}\\n{_shape_str(self, st.slot)}"
+            label[st.slot] = (f"%{st.slot} {_dot_escape(st.op.name)}\\n"
+                              f"{_dot_escape(_shape_str(self, st.slot))}")
+        drawn: set = set()  # a recomputed step sits in two kernels; draw it in the first
         for i, k in enumerate(self.kernels):
             if k.kind in ("fused", "gemm"):
                 lines.append(f"  subgraph cluster_{i} {{ label=\"kernel {i}\"; style=filled; "
                              "color=lightgrey;")
-                lines += [f"    n{st.slot};" for st in k.steps]
+                lines += [f"    n{st.slot};" for st in k.steps if st.slot not in drawn]
+                drawn.update(st.slot for st in k.steps)
                 lines.append("  }")
         for s, text in label.items():
-            # labels are built from op names, slot numbers and escaped identifiers only
-            lines.append(f"  n{s} [label=\"{_dot_escape(text)}\"];")
+            lines.append(f"  n{s} [label=\"{text}\"];")
         for st in self.plan.steps:
             for x in st.inputs:
                 lines.append(f"  n{x} -> n{st.slot};")
@@ -216,7 +218,8 @@ class BoundPlan:
 
 
 def _dot_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\\\\n", "\\n")
+    """User text inside a DOT string: backslashes and quotes escaped, newlines as \\n."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _fmt_shape(shape) -> str:

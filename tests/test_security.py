@@ -171,13 +171,9 @@ def test_dot_output_stays_well_formed_with_hostile_names(tmp_path):
         assert depth == 0
         assert skeleton.count("[label=") == len(set(re.findall(r"\bn(\d+) \[label=", skeleton)))
         shown = [_rendered(s) for s in labels]
-        assert f"feed {h}" in shown or "\\n" in h  # see the xfail test below for `\n` text
+        assert f"feed {h}" in shown
 
 
-@pytest.mark.xfail(strict=True, reason="plan._dot_escape turns a user's backslash-n into a "
-                   "line break: it un-doubles every '\\\\n' after escaping, so names are not "
-                   "shown as written (fix: escape names alone, then join the label parts with a "
-                   "literal '\\n')")
 def test_dot_labels_show_names_exactly_as_written():
     for h in ["x\\n y", "a\\nb\\\\n", 'q"\\n"']:
         shown = [_rendered(s) for s in _dot_lex(_dot_of([h, h + "w", h + "b", "c", "d"]))[0]]
