@@ -96,7 +96,7 @@ def main(argv=None) -> None:
     t = time.perf_counter()
     r = measure(args.workload, args.repeats)
     print(f"compile time of the {r['workload']} step (median of {args.repeats}, "
-          f"first call minus one step):")
+          f"beyond one step):")
     print(f"  cold (fresh process, empty kernel cache): {r['cold_s'] * 1e3:8.1f} ms")
     print(f"  disk cache (fresh process):               {r['disk_cache_s'] * 1e3:8.1f} ms")
     print(f"  in process (compiled before):             {r['in_process_s'] * 1e3:8.1f} ms")
