@@ -96,3 +96,15 @@ def test_finite_differences_see_the_same_random_numbers_as_the_first_call():
     assert int(counter.value) == 1
     counter.value = np.zeros((), np.int64)
     np.testing.assert_array_equal(evaluate(y, {"x": xv}), first)
+
+
+def test_integer_index_to_a_scalar_feeds_a_numba_kernel(monkeypatch):
+    """x[0] of a 1-d tensor came out of the view kernel as a NumPy scalar copy (not a 0-d
+    view), which a Numba kernel cannot index (TypingError; found by `make fuzz`)."""
+    from graphc.backends import numba_cpu
+    if not numba_cpu.available():
+        pytest.skip("Numba is not installed")
+    monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 1)
+    x = gc.placeholder("x", (3,), dtype="float64")
+    y = x[0] * 2.0 + 1.0
+    np.testing.assert_array_equal(gc.compile(y)(x=np.array([1.0, 2.0, 3.0])), 3.0)

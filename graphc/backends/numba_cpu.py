@@ -296,8 +296,11 @@ def compile_numba(expr: FusedExpr, shared=None):
         else:
             # the first call loads Numba's cached machine code: a damaged index or data file
             # fails here, before any element is written
+            from numba.core.errors import TypingError
             try:
                 jit(*args)
+            except TypingError:
+                raise  # a kernel Numba cannot type is a bug in graphc, not a damaged cache
             except Exception as e:  # noqa: BLE001 - retried once, then raised
                 jit = _rebuild(source, jit, e)
                 jit(*args)

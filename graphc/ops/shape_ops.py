@@ -289,7 +289,12 @@ def _infer_getitem(shapes, dts, index):
     return tuple(out), dts[0]
 
 
-register("getitem", _infer_getitem, lambda x, index: x[_decode_index(index)],
+def _getitem(x, index):
+    # the trailing Ellipsis keeps an all-integer index a 0-d view, not a NumPy scalar copy
+    return x[_decode_index(index) + (Ellipsis,)]
+
+
+register("getitem", _infer_getitem, _getitem,
          (lambda g, y, x: _getitem_grad(g, x, y.attrs["index"]),))
 
 
