@@ -10,9 +10,10 @@ import numpy as np
 from . import backends as _backends
 from . import dtypes as _dt
 from . import memory as _memory
-from .errors import CompileError, FeedError, NumericsError, ResourceError
-from .graph import (Constant, Parameter, Placeholder, Tensor, flatten_structure,
-                    format_shape, same_graph)
+from .errors import CompileError, FeedError, ResourceError
+from .graph import (Parameter, Placeholder, Tensor, flatten_structure, format_shape,
+                    same_graph)
+from .numerics import NumericsWatch
 from .ops.common import lift
 from .ops.elementwise import cast
 from .plan import Plan, lower
@@ -128,29 +129,19 @@ def _graph_lock(graph) -> threading.RLock:
         return lock
 
 
-# Ops that read integer indices: op -> (input position, number of valid indices from the
-# bound input shapes and attributes, what they index).
-_INDEX_INPUTS = {
-    "softmax_cross_entropy": (1, lambda shapes, attrs: shapes[0][1], "classes"),
-    "softmax_cross_entropy_backward": (2, lambda shapes, attrs: shapes[1][1], "classes"),
-    "one_hot": (0, lambda shapes, attrs: attrs["num_classes"], "classes"),
-    "embedding": (1, lambda shapes, attrs: shapes[0][0], "embeddings"),
-    "embedding_grad": (1, lambda shapes, attrs: shapes[2][0], "embeddings"),
-}
 _VALUE_PRESERVING = {"reshape", "reshape_like", "transpose", "expand_dims", "cast"}
 
 
 def _index_checks(plan: Plan) -> list:
     """[(feed position, step, count(shapes, attrs), noun)] for every op reading integer
-    indices that come straight from a placeholder (through reshapes and integer casts), so
-    a call can check their range before anything runs."""
+    indices (OpDef.indices) that come straight from a placeholder (through reshapes and
+    integer casts), so a call can check their range before anything runs."""
     position = {ph: i for i, (ph, _) in enumerate(plan.feeds)}
     checks, seen = [], set()
     for step in plan.steps:
-        spec = _INDEX_INPUTS.get(step.op.name)
-        if spec is None:
+        if step.op.indices is None:
             continue
-        k, count, noun = spec
+        k, count, noun = step.op.indices
         src = step.node.inputs[k]
         while src.op.name in _VALUE_PRESERVING and src.inputs and src.dtype.kind in "iu" \
                 and src.inputs[0].dtype.kind in "iu":
@@ -159,109 +150,6 @@ def _index_checks(plan: Plan) -> list:
             seen.add((src, step.op.name))
             checks.append((position[src], step, count, noun))
     return checks
-
-
-def _label(node: Tensor, slot: int | None = None) -> str:
-    """op 'name' (or op %slot) made at file:line."""
-    name = f"'{node.name}'" if node.name else (f"%{slot}" if slot is not None else "")
-    where = f" made at {node.source}" if node.source else ""
-    return f"{node.op.name} {name}{where}".replace("  ", " ")
-
-
-def _non_finite(arr) -> str | None:
-    """'NaN' or 'Inf' if a floating-point array holds one, else None."""
-    arr = np.asarray(arr)
-    if arr.dtype.kind not in "fc" or np.isfinite(arr).all():
-        return None
-    return "NaN" if np.isnan(arr).any() else "Inf"
-
-
-class _NumericsWatch:
-    """check_numerics: called by the backend around every kernel of one bound plan. Keeps
-    copies of a multi-op kernel's inputs (the kernel may overwrite them in place) so the
-    op that first went non-finite can be found by re-running its members one by one."""
-
-    def __init__(self, bound):
-        self.bound = bound
-        self.saved: list = []
-
-    def before(self, i: int, inputs: tuple) -> None:
-        k = self.bound.kernels[i]
-        self.saved = [np.array(a, copy=True) for a in inputs] if len(k.steps) > 1 else []
-
-    def after(self, i: int, outputs: tuple) -> None:
-        for slot, arr in zip(self.bound.kernels[i].outputs, outputs):
-            bad = _non_finite(arr)
-            if bad is not None:
-                raise NumericsError(self._explain(i, slot, bad))
-
-    def check_constants(self) -> None:
-        """Values folded at bind time are kernels too; they come first."""
-        for i, k in enumerate(self.bound.kernels):
-            if k.kind == "const":
-                bad = _non_finite(self.bound.folded[k.outputs[0]])
-                if bad is not None:
-                    raise NumericsError(self._explain(i, k.outputs[0], bad))
-
-    def _explain(self, i: int, slot: int, bad: str) -> str:
-        bp = self.bound
-        k = bp.kernels[i]
-        value = f"value %{slot} {tuple(bp.shapes[slot])} {bp.plan.nodes[slot].dtype}"
-        if k.kind == "const":
-            head = f"check_numerics: {bad} in {value}, a constant folded when the plan was bound"
-        else:
-            running = [x for x in bp.kernels if x.kind in ("fused", "op", "gemm")]
-            n = next(j for j, x in enumerate(running) if x is k)
-            head = (f"check_numerics: {bad} in {value}, written by kernel {n + 1} of "
-                    f"{len(running)} (print(fn.plan) lists them)")
-        tail = "; the parameters and optimizer state are left as they were before this call"
-        if len(k.steps) == 1:
-            st = k.steps[0]
-            return f"{head}: {_label(st.node, st.slot)}, {self._from(st)}{tail}"
-        ops = " -> ".join(k.ops)
-        culprit = self._first_non_finite(k)
-        if culprit is None:
-            made = sorted({str(st.node.source) for st in k.steps if st.node.source})
-            return (f"{head}, the fused kernel [{ops}] (ops made at {', '.join(made)}); its "
-                    f"ops re-run one by one with their NumPy references stay finite, so the "
-                    f"fused arithmetic itself overflowed{tail}")
-        step, what, args = culprit
-        return (f"{head}, the fused kernel [{ops}]; the first of its ops to produce {what} is "
-                f"{_label(step.node, step.slot)}, {self._from(step, args)}{tail}")
-
-    def _from(self, step, args=None) -> str:
-        """Where a step's NaN/Inf came from: its own arithmetic, or an input holding one. Only
-        constants can be such an input: feeds, parameters and kernel results are checked."""
-        bp = self.bound
-        for j, s in enumerate(step.inputs):
-            if j in step.op.shape_only:
-                continue
-            node = bp.plan.nodes[s]
-            value = args[j] if args is not None else bp.folded.get(
-                s, node.value if isinstance(node, Constant) else None)
-            bad = None if value is None else _non_finite(value)
-            if bad is not None:
-                return f"from its input {_label(node, s)}, which holds {bad}"
-        return "from finite inputs"
-
-    def _first_non_finite(self, k):
-        """(step, 'NaN' or 'Inf', its arguments) of the first member op whose NumPy reference,
-        fed the kernel's saved inputs and the members before it, gives a non-finite value."""
-        bp = self.bound
-        values = dict(zip(k.inputs, self.saved))
-        for st in k.steps:
-            op = st.op
-            if op.reference is None or any(s not in values for j, s in enumerate(st.inputs)
-                                           if j not in op.shape_only):
-                return None
-            args = [tuple(bp.shapes[s]) if j in op.shape_only else values[s]
-                    for j, s in enumerate(st.inputs)]
-            with np.errstate(all="ignore"):
-                values[st.slot] = np.asarray(op.reference(*args, **st.node.attrs))
-            bad = _non_finite(values[st.slot])
-            if bad is not None:
-                return st, bad, args
-        return None
 
 
 class Function:
@@ -285,7 +173,7 @@ class Function:
         self._graph_names = self.graph._names if self.graph is not None else {}
         self._dynamic = [i for i, ph in enumerate(self._feeds) if None in ph.shape]
         self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
-        self._watches: dict = {}  # id(step function) -> its _NumericsWatch (check_numerics)
+        self._watches: dict = {}  # id(step function) -> its NumericsWatch (check_numerics)
         self._last = None
         self._lock = _graph_lock(self.graph)
         self._index_checks = _index_checks(plan)
@@ -382,7 +270,7 @@ class Function:
             bound = bind(self.symbolic_plan, shapes, fuse=self._fuse, pairs=backend.PAIRS,
                          gemm_update=backend.gemm_update())
             _memory.check_fits(bound, _memory.memory_limit(self._memory_limit), shapes)
-            watch = _NumericsWatch(bound) if self.check_numerics else None
+            watch = NumericsWatch(bound) if self.check_numerics else None
             try:
                 run = backend.compile_bound(bound, watch=watch)
             except MemoryError as e:
@@ -413,19 +301,7 @@ class Function:
     def _run_checked(self, run, watch, arrays: list):
         """check_numerics: finite feeds and parameters in, every kernel checked, and the
         updated parameters restored if any check (or anything else) fails mid-step."""
-        for ph, a in zip(self._feeds, arrays):
-            bad = _non_finite(a)
-            if bad is not None:
-                raise NumericsError(f"check_numerics: placeholder '{ph.name}' is fed {bad} "
-                                    f"(at index {tuple(map(int, np.argwhere(~np.isfinite(a))[0]))})")
-        for p, _ in self.symbolic_plan.params:
-            bad = _non_finite(p._value)
-            if bad is not None:
-                where = f" (made at {p.source})" if p.source else ""
-                raise NumericsError(f"check_numerics: parameter '{p.name}'{where} already "
-                                    f"holds {bad} before this call (assigned, loaded, or left "
-                                    f"by a call without check_numerics)")
-        watch.check_constants()
+        watch.check_inputs(self._feeds, arrays, [p for p, _ in self.symbolic_plan.params])
         saved = [(p._value, p._value.copy()) for p in self._updated]
         try:
             return run(*arrays)

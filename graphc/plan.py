@@ -137,6 +137,7 @@ class BoundPlan:
     def summary(self) -> str:
         """Each kernel with the ops fused into it, its buffers, and the memory figures."""
         from .backends.codegen import build_expr
+        from .memory import format_bytes
         mem = self.memory
         n_fused = sum(1 for k in self.kernels if k.kind in ("fused", "gemm"))
         n_ops = sum(1 for k in self.kernels if k.kind == "op")
@@ -169,8 +170,9 @@ class BoundPlan:
             ups = ", ".join(f"{p.name} <- %{s}" + (" (in place)" if s in mem.param_writes
                                                     else "") for p, s in self.plan.updates)
             lines.append(f"  updates: {ups}")
-        lines.append(f"  memory: arena {_bytes(mem.arena_bytes)} (liveness lower bound "
-                     f"{_bytes(mem.lower_bound)}; one buffer per node: {_bytes(mem.naive_bytes)})")
+        lines.append(f"  memory: arena {format_bytes(mem.arena_bytes)} (liveness lower bound "
+                     f"{format_bytes(mem.lower_bound)}; one buffer per node: "
+                     f"{format_bytes(mem.naive_bytes)})")
         return "\n".join(lines)
 
     __str__ = summary
@@ -228,13 +230,6 @@ def _fmt_shape(shape) -> str:
 
 def _shape_str(bp: BoundPlan, slot: int) -> str:
     return f"{_fmt_shape(bp.shapes[slot])} {bp.plan.nodes[slot].dtype}"
-
-
-def _bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
 
 
 def bind(plan: Plan, feed_shapes: dict, fuse: bool = True, pairs=(),

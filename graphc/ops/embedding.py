@@ -39,9 +39,11 @@ def _embedding_grad(g, ids, w_shape):
 
 
 register("embedding", _infer, _embedding, (
-    lambda g, y, w, ids: apply("embedding_grad", (g, ids, w)), None))
+    lambda g, y, w, ids: apply("embedding_grad", (g, ids, w)), None),
+    indices=(1, lambda shapes, attrs: shapes[0][0], "embeddings"))
 register("embedding_grad", lambda shapes, dts: (shapes[2], dts[0]), _embedding_grad, (
-    lambda gg, y, g, ids, like: apply("embedding", (gg, ids)), None, None), shape_only=(2,))
+    lambda gg, y, g, ids, like: apply("embedding", (gg, ids)), None, None), shape_only=(2,),
+    indices=(1, lambda shapes, attrs: shapes[2][0], "embeddings"))
 
 
 def embedding(ids, weight) -> Tensor:

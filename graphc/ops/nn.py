@@ -66,7 +66,8 @@ def _one_hot(labels, num_classes, dtype):
     return (labels[..., None] == np.arange(num_classes)).astype(dtype)
 
 
-register("one_hot", _infer_one_hot, _one_hot, (None,))
+register("one_hot", _infer_one_hot, _one_hot, (None,),
+         indices=(0, lambda shapes, attrs: attrs["num_classes"], "classes"))
 
 
 def one_hot(labels, num_classes: int, dtype="int64") -> Tensor:
@@ -135,10 +136,12 @@ def _sce_backward_dlogits(gg, y, g, logits, labels):
 
 register("softmax_cross_entropy", _infer_sce, _sce,
          (lambda g, y, logits, labels: apply("softmax_cross_entropy_backward",
-                                             (g, logits, labels)), None))
+                                             (g, logits, labels)), None),
+         indices=(1, lambda shapes, attrs: shapes[0][1], "classes"))
 # The analytic gradient g * (softmax(x) - onehot) as one op: one pass over the logits.
 register("softmax_cross_entropy_backward", _infer_sce_backward, _sce_backward,
-         (_sce_backward_dg, _sce_backward_dlogits, None))
+         (_sce_backward_dg, _sce_backward_dlogits, None),
+         indices=(2, lambda shapes, attrs: shapes[1][1], "classes"))
 
 
 def softmax_cross_entropy(logits, labels, reduction: str = "mean") -> Tensor:

@@ -31,6 +31,10 @@ class OpDef:
     # The op returns its first input unchanged when input and output shapes are equal
     # (reshape/sum_to/broadcast to the shape it already has): backends alias instead of run.
     noop_if_same_shape: bool = False
+    # An input holding integer indices: (its position, the number of valid indices from the
+    # bound input shapes and the attributes, what they index). A call checks fed indices
+    # against it before anything runs.
+    indices: tuple | None = None
     doc: str = ""
 
     def __repr__(self) -> str:

@@ -126,10 +126,9 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
         between whole kernels: a kernel's outputs exist only after all of it has run."""
         lowest = (kernel_bits & -kernel_bits).bit_length() - 1
         seen: set[int] = set()
-
-        outside = [s for s in new_inputs
-                   if not (s in producer and kernel_bits >> producer[s] & 1)]
-        stack = list(outside)  # an explicit stack: chains of kernels can be thousands deep
+        # an explicit stack: chains of kernels can be thousands deep
+        stack = [s for s in new_inputs
+                 if not (s in producer and kernel_bits >> producer[s] & 1)]
         while stack:
             slot = stack.pop()
             j = producer.get(slot)
