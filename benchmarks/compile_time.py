@@ -26,7 +26,7 @@ _CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import graphc
-from graphc.backends import numba_cpu
+from graphc.backends.cpu import numba_printer as numba_cpu
 numba_init = 0.0
 if numba_cpu.available():
     t = time.perf_counter()

@@ -174,23 +174,29 @@ class Constant(Tensor):
 
 
 class Parameter(Tensor):
-    """A persistent value (a weight) that compiled functions read and may update."""
+    """A persistent value (a weight) that compiled functions read and may update. Its value
+    lives in `storage` (graphc.storage), which a backend's runtime owns once a plan binds."""
 
-    __slots__ = ("_value", "trainable")
+    __slots__ = ("storage", "trainable")
 
     def __init__(self, graph, value: np.ndarray, name: str, trainable: bool, source=None):
         from .ops.registry import get_op
-        self._value = value
+        from .storage import HostStorage
+        self.storage = HostStorage(value)
         self.trainable = trainable
         super().__init__(graph, get_op("parameter"), (), {}, value.shape, value.dtype, name, source)
 
     @property
     def value(self) -> np.ndarray:
         """A copy of the current value as a NumPy array."""
-        return self._value.copy()
+        return self.storage.read()
 
     @value.setter
     def value(self, new) -> None:
+        self.assign(new)
+
+    def assign(self, new) -> None:
+        """Overwrite the value (shape and dtype checked); compiled functions see it."""
         arr = np.asarray(new)
         if arr.shape != self.shape:
             raise GraphError(f"parameter '{self.name}' has shape {format_shape(self.shape)}; "
@@ -200,7 +206,7 @@ class Parameter(Tensor):
                 raise GraphError(f"parameter '{self.name}' is {self.dtype}; cannot assign "
                                  f"a value of dtype {arr.dtype}")
             arr = arr.astype(self.dtype)
-        self._value[...] = arr  # in place: compiled functions hold this storage
+        self.storage.write(arr)  # in place: compiled functions hold this storage
 
 
 class Graph:

@@ -51,7 +51,7 @@ def save(path: str | os.PathLike, target, extra: dict | None = None) -> None:
         meta_json = json.dumps(meta)
     except TypeError as e:
         raise CheckpointError(f"save: `extra` must be JSON-serialisable ({e})") from e
-    arrays = {f"p{i}": p._value for i, p in enumerate(params)}
+    arrays = {f"p{i}": p.storage.host() for i, p in enumerate(params)}
     arrays["meta"] = np.frombuffer(meta_json.encode(), np.uint8)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".graphc-ckpt-", suffix=".tmp", dir=directory)
@@ -149,5 +149,5 @@ def load(path: str | os.PathLike, target, strict: bool = True) -> dict:
                                   f"parameter is {p.shape} {p.dtype}")
     for name, p in by_name.items():
         if name in values:
-            p._value[...] = values[name]
+            p.assign(values[name])
     return extra

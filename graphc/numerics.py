@@ -1,5 +1,7 @@
-"""check_numerics: find the first kernel of a step that produced NaN or Inf, and inside a
-fused kernel the original op, by re-running its members with their NumPy references."""
+"""check_numerics (Function stage): find the first kernel of a step that produced NaN or
+Inf, and inside a fused kernel the original op, by re-running its members with their NumPy
+references on host copies. Finiteness is checked by the backend's runtime, where the
+values live."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,17 +30,20 @@ class NumericsWatch:
     copies of a multi-op kernel's inputs (the kernel may overwrite them in place) so the
     op that first went non-finite can be found by re-running its members one by one."""
 
-    def __init__(self, bound):
+    def __init__(self, bound, runtime):
         self.bound = bound
+        self.runtime = runtime
         self.saved: list = []
 
     def before(self, i: int, inputs: tuple) -> None:
         k = self.bound.kernels[i]
-        self.saved = [np.array(a, copy=True) for a in inputs] if len(k.steps) > 1 else []
+        to_host = self.runtime.to_host
+        self.saved = [np.array(to_host(a), copy=True) for a in inputs] \
+            if len(k.steps) > 1 else []
 
     def after(self, i: int, outputs: tuple) -> None:
         for slot, arr in zip(self.bound.kernels[i].outputs, outputs):
-            bad = _non_finite(arr)
+            bad = self.runtime.non_finite(arr)
             if bad is not None:
                 raise NumericsError(self._explain(i, slot, bad))
 
@@ -52,7 +57,7 @@ class NumericsWatch:
                 raise NumericsError(f"check_numerics: placeholder '{ph.name}' is fed {bad} "
                                     f"(at index {at})")
         for p in params:
-            bad = _non_finite(p._value)
+            bad = self.runtime.non_finite(p.storage.array)
             if bad is not None:
                 where = f" (made at {p.source})" if p.source else ""
                 raise NumericsError(f"check_numerics: parameter '{p.name}'{where} already "

@@ -41,6 +41,9 @@ class Optimizer:
         self._t: Tensor | None = None
         self.params: list[Parameter] = []  # what the latest updates() optimizes
         self._graph: Graph | None = None
+        # the host's mirror of the step count: (storage, its version when read) and value
+        self._count_key: tuple | None = None
+        self._host_count = 0
 
     # --- hyper-parameters ----------------------------------------------------------------
     def __getattr__(self, name):
@@ -54,7 +57,7 @@ class Optimizer:
             self._hyper_values[name] = float(value)
             for (hname, _), node in self._hyper.items():
                 if hname == name:
-                    node._value[...] = value
+                    node.assign(value)
             return
         super().__setattr__(name, value)
 
@@ -98,8 +101,27 @@ class Optimizer:
     @property
     def step_count(self) -> int:
         """Steps taken so far by the compiled updates (counted by the rules that need a
-        count: momentum, Adagrad, Adam, AdamW; 0 for plain SGD)."""
-        return 0 if self._step is None else int(self._step._value)
+        count: momentum, Adagrad, Adam, AdamW; 0 for plain SGD). Kept on the host: the
+        stored count is read again only after something assigned it (a checkpoint load),
+        so reading it costs no device round trip per step."""
+        if self._step is None:
+            return 0
+        storage = self._step.storage
+        if self._count_key != (id(storage), storage.version):
+            self._host_count = int(storage.host())
+            self._count_key = (id(storage), storage.version)
+        return self._host_count
+
+    # --- hooks the compiled step calls ---------------------------------------------------
+    def attach(self, fn, compile_again) -> None:
+        """Called once by gc.compile with the Function it made for this optimizer;
+        `compile_again(outputs, updates=...)` compiles more with the same options."""
+
+    def after_step(self, fn, feeds: dict) -> None:
+        """Called by the Function after each step it ran (feeds: placeholder -> array)."""
+        if self._step is not None and self._count_key is not None and \
+                self._count_key == (id(self._step.storage), self._step.storage.version):
+            self._host_count += 1  # else stale anyway: the next read takes the stored count
 
     # --- the step ------------------------------------------------------------------------
     def updates(self, loss: Tensor, params=None) -> dict:
@@ -479,8 +501,20 @@ class Sophia(Optimizer):
         lead = tuple(range(self.logits.ndim - 1))
         return count(self.logits, lead, dtype)
 
-    def auxiliary(self):
-        """(updates refreshing h, outputs, period): the estimator, compiled apart."""
+    def attach(self, fn, compile_again) -> None:
+        """Compile the Hessian estimator as a second function, beside the step."""
+        updates, outputs = self._estimator_graph()
+        self._estimator = compile_again(outputs, updates=updates)
+        fn.aux_outputs = None
+
+    def after_step(self, fn, feeds: dict) -> None:
+        """Every k-th step, refresh the Hessian estimate (its outputs: fn.aux_outputs)."""
+        super().after_step(fn, feeds)
+        if self.step_count % self.k == 0:
+            fn.aux_outputs = self._estimator(feeds)
+
+    def _estimator_graph(self):
+        """(updates refreshing h, outputs): the estimator's graph."""
         from .ops.nn import softmax_cross_entropy
         from .ops.random import sample_categorical
         from .ops.shape_ops import reshape
@@ -495,4 +529,4 @@ class Sophia(Optimizer):
             hess = self._s("hessian", p)
             b2 = self._h("beta2", p.dtype)
             out[hess] = b2 * hess + (1.0 - b2) * g * g
-        return out, {"sampled": sampled}, self.k
+        return out, {"sampled": sampled}

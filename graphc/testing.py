@@ -29,7 +29,7 @@ def to_float64(roots: list) -> dict:
             m = placeholder(n.name, n.shape, _f64(n.dtype))
         elif isinstance(n, Parameter):
             from .graph import parameter
-            m = parameter(n.name, value=n._value, dtype=_f64(n.dtype), trainable=n.trainable)
+            m = parameter(n.name, value=n.value, dtype=_f64(n.dtype), trainable=n.trainable)
         elif isinstance(n, Constant):
             m = Constant(get_default_graph(), n.value.astype(_f64(n.dtype)))
         else:
@@ -68,7 +68,11 @@ def check_grads(y: Tensor, wrt, feed: dict, eps: float = 1e-6, rtol: float = 1e-
         fn = gc_compile([y64, *grads])
 
     def value_of(x):
-        return feeds[x.name] if isinstance(x, Placeholder) else x._value
+        return feeds[x.name] if isinstance(x, Placeholder) else x.value
+
+    def put(x, value):  # a placeholder's feed is `value` itself; a parameter takes a copy
+        if isinstance(x, Parameter):
+            x.assign(value)
 
     def loss():
         return float(fn(feeds)[0])
@@ -81,10 +85,13 @@ def check_grads(y: Tensor, wrt, feed: dict, eps: float = 1e-6, rtol: float = 1e-
         for j in np.ndindex(base.shape):
             orig = base[j]
             base[j] = orig + eps
+            put(x, base)
             up = loss()
             base[j] = orig - eps
+            put(x, base)
             down = loss()
             base[j] = orig
+            put(x, base)
             numeric[j] = (up - down) / (2 * eps)
         a = np.broadcast_to(np.asarray(a, dtype=np.float64), base.shape)
         excess = np.abs(a - numeric) - (atol + rtol * np.abs(numeric))
@@ -119,7 +126,7 @@ def evaluate(outputs, feeds: dict, cache: dict | None = None) -> list:
                 raise GraphcError(f"evaluate: no feed for placeholder '{n.name}'")
             v = np.asarray(named[n.name]).astype(n.dtype, copy=False)
         elif isinstance(n, Parameter):
-            v = n._value
+            v = n.storage.host()
         elif isinstance(n, Constant):
             v = n.value
         else:

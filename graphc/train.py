@@ -260,7 +260,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
         shuffle: bool = True, validation=None, metrics=("accuracy",), callbacks=(),
         loss="cross_entropy", optimizer=None, schedule=None, seed: int = 0,
         initial_epoch: int = 0, resume_from: str | None = None, progress: bool = True,
-        backend: str = "numpy", eval_batch_size: int = 1024) -> History:
+        backend: str | None = None, eval_batch_size: int = 1024) -> History:
     """Train a `gc.nn` model on (inputs, labels), or run a compiled step over a dict of
     arrays {placeholder name: array}. batch_size=None is full-batch gradient descent, 1 is
     stochastic, anything else mini-batch. Returns the History.

@@ -10,7 +10,7 @@ import pytest
 
 import graphc as gc
 from graphc import nn
-from graphc.backends import numba_cpu
+from graphc.backends.cpu import numba_printer as numba_cpu
 
 
 def _mlp():

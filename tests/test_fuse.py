@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.backends import blas, numba_cpu
-from graphc.backends import numpy as numpy_backend
+from graphc.backends.cpu import blas
+from graphc.backends.cpu import numba_printer as numba_cpu
 
 
 def _kernels(fn, kinds=("fused", "op", "gemm")):
@@ -186,7 +186,7 @@ def test_no_gemm_update_when_the_weight_is_read_afterwards(rng):
 
 
 def test_without_a_callable_blas_the_update_is_a_separate_kernel(rng, monkeypatch):
-    monkeypatch.setattr(numpy_backend, "gemm_update", lambda: False)
+    monkeypatch.setattr(blas, "available", lambda: False)
     loss, feeds = _mlp((10, 8, 3), 4, rng)
     fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
     fn(feeds)

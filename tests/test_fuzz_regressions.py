@@ -101,7 +101,7 @@ def test_finite_differences_see_the_same_random_numbers_as_the_first_call():
 def test_integer_index_to_a_scalar_feeds_a_numba_kernel(monkeypatch):
     """x[0] of a 1-d tensor came out of the view kernel as a NumPy scalar copy (not a 0-d
     view), which a Numba kernel cannot index (TypingError; found by `make fuzz`)."""
-    from graphc.backends import numba_cpu
+    from graphc.backends.cpu import numba_printer as numba_cpu
     if not numba_cpu.available():
         pytest.skip("Numba is not installed")
     monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 1)

@@ -51,12 +51,12 @@ def test_arena_close_to_liveness_bound_and_far_below_naive(rng):
 def test_parameters_updated_in_their_own_storage(rng):
     fn, feeds = _mlp_step(rng)
     w = gc.get_default_graph().get("w1")
-    storage = w._value
+    storage = w.storage.array
     before = w.value
     fn(feeds)
-    assert w._value is storage and not np.array_equal(w.value, before)
+    assert w.storage.array is storage and not np.array_equal(w.value, before)
     w.value = np.zeros((256, 256))
-    assert w._value is storage and not storage.any()
+    assert w.storage.array is storage and not storage.any()
 
 
 def test_plans_cached_per_batch_size(rng):

@@ -1,9 +1,11 @@
-"""Recompute instead of store across fused kernels (graphc.passes.recompute)."""
+"""Recompute instead of store across fused kernels (graphc.schedule.recompute)."""
 import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.passes import recompute
+from graphc import backends
+from graphc.backends.cpu import CPUBackend
+from graphc.ops.registry import get_op
 
 
 def _mlp(activation, dropout: bool, batch=64, hidden=512):
@@ -53,7 +55,7 @@ def test_dropout_keep_mask_is_recomputed_in_the_backward_kernel():
 
 def test_recompute_saves_a_buffer_and_matches_the_stored_plan(monkeypatch):
     fn, losses, params = _train("relu", dropout=True)
-    monkeypatch.setattr(recompute, "MAX_COST", 0)  # rule off: every value is stored
+    monkeypatch.setattr(CPUBackend, "max_recompute_cost", 0)  # rule off: every value is stored
     stored_fn, stored_losses, stored_params = _train("relu", dropout=True)
     assert len(_stored(fn)) == len(_stored(stored_fn)) - 1
     assert fn.plan.memory.arena_bytes <= stored_fn.plan.memory.arena_bytes
@@ -82,7 +84,7 @@ def test_narrow_mask_is_not_traded_for_a_wide_input():
 
 @pytest.mark.parametrize("numba_path", [False, True])
 def test_recomputed_values_on_both_cpu_kernel_paths(monkeypatch, numba_path):
-    from graphc.backends import numba_cpu
+    from graphc.backends.cpu import numba_printer as numba_cpu
     if numba_path and not numba_cpu.available():
         pytest.skip("Numba is not installed")
     monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 1 if numba_path else 1 << 62)
@@ -94,6 +96,7 @@ def test_recomputed_values_on_both_cpu_kernel_paths(monkeypatch, numba_path):
 
 
 def test_op_costs():
-    assert recompute.op_cost("mul") == 1
-    assert recompute.op_cost("sqrt") == 4
-    assert recompute.op_cost("tanh") > recompute.MAX_COST
+    caps = backends.get("numpy").caps
+    assert caps.op_cost(get_op("mul")) == 1
+    assert caps.op_cost(get_op("sqrt")) == 4
+    assert caps.op_cost(get_op("tanh")) > caps.max_recompute_cost

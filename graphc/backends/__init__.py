@@ -1,41 +1,119 @@
-"""The backends a plan compiles to, and which ops each one can run.
+"""The backend registry (backend stage): which backends exist, which are available here,
+and which ops each one can run.
 
+A backend registers a factory under its name (plus aliases and a probe that says why it is
+unavailable, if it is); `resolve("auto")` picks the available backend of highest priority.
 A backend's kernels are looked up when a bound plan is compiled, at the first call; the
 check here runs at gc.compile time instead, so a missing kernel is a CompileError naming the
 op and the backend before anything runs."""
 from __future__ import annotations
 
-from ..errors import CompileError
+from dataclasses import dataclass
+from typing import Callable
 
-AVAILABLE = ("numpy",)
+from ..errors import CompileError
+from .base import Backend, Capabilities, Runtime  # noqa: F401
+
+
+@dataclass
+class _Entry:
+    name: str
+    factory: Callable[[], Backend]
+    probe: Callable[[], str | None] | None  # None if usable here, else the reason it is not
+    priority: int
+    aliases: tuple
+
+
+_ENTRIES: dict[str, _Entry] = {}
+_ALIASES: dict[str, str] = {}
+_INSTANCES: dict[str, Backend] = {}
+
+
+def register(name: str, factory: Callable[[], Backend], probe=None, priority: int = 0,
+             aliases: tuple = ()) -> None:
+    """Make a backend known: `factory()` builds it (once, on first use); `probe()` returns
+    None when it can run here or a sentence saying why not; "auto" prefers higher
+    `priority`."""
+    for n in (name, *aliases):
+        if n in _ALIASES or n == "auto":
+            raise ValueError(f"backend name {n!r} is already registered")
+    _ENTRIES[name] = _Entry(name, factory, probe, priority, tuple(aliases))
+    for n in (name, *aliases):
+        _ALIASES[n] = name
+
+
+def unregister(name: str) -> None:
+    """Forget a backend (tests register their own and remove it afterwards)."""
+    entry = _ENTRIES.pop(name)
+    for n in (name, *entry.aliases):
+        _ALIASES.pop(n, None)
+    _INSTANCES.pop(name, None)
+
+
+def availability(name: str) -> str | None:
+    """None if the backend can run here, else the reason it cannot."""
+    entry = _ENTRIES[_ALIASES[name]]
+    return entry.probe() if entry.probe is not None else None
+
+
+def registered() -> list[str]:
+    """Every registered backend's name."""
+    return list(_ENTRIES)
+
+
+def available() -> list[str]:
+    """The registered backends that can run here, best first."""
+    names = [n for n in _ENTRIES if availability(n) is None]
+    return sorted(names, key=lambda n: -_ENTRIES[n].priority)
 
 
 def resolve(backend: str) -> str:
-    """The backend `compile(backend=...)` names; "auto" is the best one available."""
+    """The canonical name of the backend `compile(backend=...)` names; "auto" is the best
+    one available."""
     if backend == "auto":
-        return "numpy"
-    if backend not in AVAILABLE:
-        raise CompileError(f"compile: unknown backend {backend!r}; available: "
-                           f"{', '.join(AVAILABLE)} (or 'auto')")
-    return backend
+        return available()[0]
+    if backend not in _ALIASES:
+        names = ", ".join(sorted(_ALIASES))
+        raise CompileError(f"compile: unknown backend {backend!r}; available: {names} "
+                           f"(or 'auto')")
+    name = _ALIASES[backend]
+    why = availability(name)
+    if why is not None:
+        raise CompileError(f"compile: the {name} backend cannot run here: {why}")
+    return name
+
+
+def get(name: str) -> Backend:
+    """The backend object for a registered name or alias (built on first use)."""
+    name = _ALIASES[name]
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _ENTRIES[name].factory()
+    return _INSTANCES[name]
 
 
 def supports(backend: str, op) -> bool:
     """Whether `backend` has a kernel for `op` (an OpDef)."""
-    if backend == "numpy":
-        from .numpy_kernels import INTO
-        # every op runs its NumPy reference unless a dedicated out= kernel exists
-        return op.reference is not None or op.name in INTO
-    return False
+    return get(backend).supports(op)
 
 
 def check_supported(backend: str, steps) -> None:
     """CompileError for the first plan step whose op `backend` cannot run."""
+    impl = get(backend)
     for step in steps:
-        if not supports(backend, step.op):
+        if not impl.supports(step.op):
             node = step.node
             what = " ".join(filter(None, [f"'{node.name}'" if node.name else "",
                                           f"made at {node.source}" if node.source else ""]))
-            raise CompileError(f"compile: the {backend} backend has no kernel for op "
-                               f"'{step.op.name}' (node {what or f'%{step.slot}'}); use another "
-                               f"backend or express it with ops the backend has")
+            why = impl.unsupported.get(step.op.name)
+            raise CompileError(f"compile: the {impl.name} backend has no kernel for op "
+                               f"'{step.op.name}' (node {what or f'%{step.slot}'})"
+                               f"{f' ({why})' if why else ''}; use another backend or "
+                               f"express it with ops the backend has")
+
+
+def _cpu() -> Backend:
+    from .cpu import CPUBackend
+    return CPUBackend()
+
+
+register("numpy", _cpu, aliases=("cpu",))

@@ -8,6 +8,8 @@ import numpy as np
 from .. import dtypes as _dt
 from ..graph import Tensor
 from .common import broadcast_shapes, lift, lift_pair
+from .registry import COST_CHEAP as C1
+from .registry import COST_MEDIUM as C4
 from .registry import apply, fail, register
 
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -58,7 +60,7 @@ def _softplus(x, beta, threshold):
 
 
 def _erf(x):
-    from ..backends.numpy_math import erf
+    from .special import erf
     return erf(x)
 
 
@@ -88,47 +90,60 @@ def _binary(name, ref, grads, infer=_arith, **kw):
     register(name, infer, ref, grads, elementwise=True, **kw)
 
 
-_unary("neg", np.negative, lambda g, y, x: neg(g), infer=_same)
-_unary("exp", np.exp, lambda g, y, x: g * y)
-_unary("log", np.log, lambda g, y, x: g / x)
-_unary("sqrt", np.sqrt, lambda g, y, x: g * 0.5 / y)
-_unary("abs", np.abs, lambda g, y, x: g * sign(x), infer=_same)
-_unary("sign", np.sign, lambda g, y, x: zeros_like(x), infer=_same)
-_unary("square", np.square, lambda g, y, x: g * 2.0 * x, infer=_same)
+_unary("neg", np.negative, lambda g, y, x: neg(g), infer=_same, cost=C1, scalar="(-{0})")
+_unary("exp", np.exp, lambda g, y, x: g * y, scalar="math.exp({0})")
+_unary("log", np.log, lambda g, y, x: g / x, scalar="math.log({0})")
+_unary("sqrt", np.sqrt, lambda g, y, x: g * 0.5 / y, cost=C4, scalar="math.sqrt({0})")
+_unary("abs", np.abs, lambda g, y, x: g * sign(x), infer=_same, cost=C1, scalar="abs({0})")
+_unary("sign", np.sign, lambda g, y, x: zeros_like(x), infer=_same, cost=C1,
+       scalar="({one} if {0} > {zero} else (-{one} if {0} < {zero} else {0}))")
+_unary("square", np.square, lambda g, y, x: g * 2.0 * x, infer=_same, cost=C1,
+       scalar="({0} * {0})")
 _unary("relu", lambda x: np.maximum(x, x.dtype.type(0)),
-       lambda g, y, x: where(greater(x, 0), g, 0), infer=_same)
+       lambda g, y, x: where(greater(x, 0), g, 0), infer=_same, cost=C1,
+       scalar="({0} if {0} > {zero} else {zero})")
 _unary("leaky_relu", lambda x, negative_slope: np.where(x > 0, x, x * x.dtype.type(negative_slope)),
-       lambda g, y, x: where(greater(x, 0), g, g * y.attrs["negative_slope"]))
-_unary("sigmoid", _sigmoid, lambda g, y, x: g * y * (1.0 - y))
-_unary("tanh", np.tanh, lambda g, y, x: g * (1.0 - square(y)))
-_unary("erf", _erf, lambda g, y, x: g * (2.0 / math.sqrt(math.pi)) * exp(neg(square(x))))
+       lambda g, y, x: where(greater(x, 0), g, g * y.attrs["negative_slope"]), cost=C1,
+       scalar="({0} if {0} > {zero} else {0} * {negative_slope})")
+_unary("sigmoid", _sigmoid, lambda g, y, x: g * y * (1.0 - y),
+       scalar="({one} / ({one} + math.exp(-{0})))")
+_unary("tanh", np.tanh, lambda g, y, x: g * (1.0 - square(y)), scalar="math.tanh({0})")
+_unary("erf", _erf, lambda g, y, x: g * (2.0 / math.sqrt(math.pi)) * exp(neg(square(x))),
+       scalar="math.erf({0})")
 _unary("elu", lambda x, alpha: np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(x)),
        lambda g, y, x: where(greater(x, 0), g, g * (y + y.attrs["alpha"])))
 _unary("softplus", _softplus,
        lambda g, y, x: where(greater(x * y.attrs["beta"], y.attrs["threshold"]), g,
                              g * sigmoid(x * y.attrs["beta"])))
 _unary("gelu", _gelu, lambda g, y, x: g * _gelu_derivative(x, y.attrs["approximate"]))
-_unary("cast", lambda x, dtype: x.astype(dtype), lambda g, y, x: cast(g, x.dtype), infer=_cast)
+_unary("cast", lambda x, dtype: x.astype(dtype), lambda g, y, x: cast(g, x.dtype), infer=_cast,
+       cost=C1, scalar="{T}({0})", value_preserving=True)
 
-_binary("add", np.add, (lambda g, y, a, b: g, lambda g, y, a, b: g))
-_binary("sub", np.subtract, (lambda g, y, a, b: g, lambda g, y, a, b: neg(g)))
-_binary("mul", np.multiply, (lambda g, y, a, b: g * b, lambda g, y, a, b: g * a))
-_binary("div", np.divide, (lambda g, y, a, b: g / b, lambda g, y, a, b: neg(g) * y / b))
+_binary("add", np.add, (lambda g, y, a, b: g, lambda g, y, a, b: g), cost=C1, scalar="({0} + {1})")
+_binary("sub", np.subtract, (lambda g, y, a, b: g, lambda g, y, a, b: neg(g)), cost=C1,
+        scalar="({0} - {1})")
+_binary("mul", np.multiply, (lambda g, y, a, b: g * b, lambda g, y, a, b: g * a), cost=C1,
+        scalar="({0} * {1})")
+_binary("div", np.divide, (lambda g, y, a, b: g / b, lambda g, y, a, b: neg(g) * y / b), cost=C4,
+        scalar="({0} / {1})")
 _binary("pow", _pow, (lambda g, y, a, b: g * b * (a ** (b - 1.0)),
-                      lambda g, y, a, b: where(equal(a, 0), 0, g * y * log(a))))
+                      lambda g, y, a, b: where(equal(a, 0), 0, g * y * log(a))),
+        scalar="({0} ** {1})")
 _binary("maximum", np.maximum, (lambda g, y, a, b: _tie_grad(g, a, b),
-                                lambda g, y, a, b: _tie_grad(g, b, a)))
+                                lambda g, y, a, b: _tie_grad(g, b, a)), cost=C1,
+        scalar="({0} if ({0} > {1} or {0} != {0}) else {1})")  # NaN propagates, as NumPy
 _binary("minimum", np.minimum, (lambda g, y, a, b: _tie_grad(g, b, a),
-                                lambda g, y, a, b: _tie_grad(g, a, b)))
-_binary("greater", np.greater, None, infer=_compare)
-_binary("greater_equal", np.greater_equal, None, infer=_compare)
-_binary("less", np.less, None, infer=_compare)
-_binary("equal", np.equal, None, infer=_compare)
+                                lambda g, y, a, b: _tie_grad(g, a, b)), cost=C1,
+        scalar="({0} if ({0} < {1} or {0} != {0}) else {1})")
+_binary("greater", np.greater, None, infer=_compare, cost=C1, scalar="({0} > {1})")
+_binary("greater_equal", np.greater_equal, None, infer=_compare, cost=C1, scalar="({0} >= {1})")
+_binary("less", np.less, None, infer=_compare, cost=C1, scalar="({0} < {1})")
+_binary("equal", np.equal, None, infer=_compare, cost=C1, scalar="({0} == {1})")
 _binary("binary_cross_entropy_with_logits", _bce_logits,
         (lambda g, y, x, t: g * (sigmoid(x) - t), lambda g, y, x, t: neg(g) * x))
 register("where", _where, np.where,
          (None, lambda g, y, c, a, b: where(c, g, 0), lambda g, y, c, a, b: where(c, 0, g)),
-         elementwise=True)
+         elementwise=True, cost=C1, scalar="({1} if {0} else {2})")
 
 
 def _tie_grad(g, winner, other):

@@ -61,6 +61,19 @@ def rng_counter(graph) -> Parameter:
     return node
 
 
+def advance_counters(outputs: list, updates: dict) -> None:
+    """A compiled step that draws random numbers advances its graph's counter by one per
+    call: add that update (unless the caller updates the counter itself)."""
+    from ..graph import topo_order
+    values = [v for v in updates.values() if isinstance(v, Tensor)]
+    for node in topo_order(list(outputs) + values):
+        if node.op.name == "random_uniform":
+            counter = node.inputs[0]
+            if counter not in updates:
+                updates[counter] = counter + 1
+            return
+
+
 def _next_seed(graph) -> int:
     graph._random_ops = getattr(graph, "_random_ops", 0) + 1
     return graph._random_ops * 0x632BE59BD9B4E019 & (2**63 - 1)

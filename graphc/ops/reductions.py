@@ -41,12 +41,17 @@ def _logsumexp(x, axes, keepdims):
     return out if keepdims else np.squeeze(out, axis=axes)
 
 
+def _attr_axes(shapes, attrs) -> tuple:
+    return tuple(attrs["axes"])
+
+
 register("sum", _infer_sum,
          lambda x, axes, keepdims: np.asarray(np.sum(x, axis=axes, keepdims=keepdims)),
-         (lambda g, y, x: _expand(g, y, x),))
+         (lambda g, y, x: _expand(g, y, x),), reduction="sum", reduce_axes=_attr_axes)
 register("mean", _infer_reduce,
          lambda x, axes, keepdims: np.asarray(np.mean(x, axis=axes, keepdims=keepdims)),
-         (lambda g, y, x: _expand(g, y, x) / count(x, y.attrs["axes"], x.dtype),))
+         (lambda g, y, x: _expand(g, y, x) / count(x, y.attrs["axes"], x.dtype),),
+         reduction="mean", reduce_axes=_attr_axes)
 register("max", _infer_reduce,
          lambda x, axes, keepdims: np.asarray(np.max(x, axis=axes, keepdims=keepdims)),
          (_extremum_grad,))

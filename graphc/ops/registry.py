@@ -2,7 +2,7 @@
 reference and its gradient rules written in graph ops."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 
@@ -35,11 +35,36 @@ class OpDef:
     # bound input shapes and the attributes, what they index). A call checks fed indices
     # against it before anything runs.
     indices: tuple | None = None
+    # --- properties the scheduler and the backends' printers read ---------------------------
+    # A view: its result shares its first input's buffer (reshape, transpose, slicing).
+    view: bool = False
+    # A fusable reduction over its first input: "sum" or "mean" (a kernel may end with it);
+    # reduce_axes(in_shapes, attrs) gives the axes it reduces.
+    reduction: str | None = None
+    reduce_axes: Callable | None = None
+    # Passes integer values through unchanged (reshape, transpose, cast): fed indices
+    # keep their range through it, so a call can check them where they are fed.
+    value_preserving: bool = False
+    # Per-element cost of an elementwise op in units of one add (COST_CHEAP, COST_MEDIUM,
+    # COST_TRANSCENDENTAL): what recomputing a value costs, which printer suits it.
+    cost: int = 10
+    # The op as one scalar expression, for printers of per-element loops (Numba on the CPU,
+    # Numba CUDA): a template over the arguments {0}, {1}, ..., the output dtype's
+    # constructor {T}, typed constants {zero} {one} {half}, the node's numeric attributes
+    # by name and `scalar_consts` by name; or a callable(attrs) returning such a template.
+    scalar: str | Callable | None = None
+    scalar_consts: dict = field(default_factory=dict)
     doc: str = ""
+
+    def scalar_form(self, attrs: dict) -> str | None:
+        """The scalar template for a node with these attributes, or None."""
+        return self.scalar(attrs) if callable(self.scalar) else self.scalar
 
     def __repr__(self) -> str:
         return f"<op {self.name}>"
 
+
+COST_CHEAP, COST_MEDIUM, COST_TRANSCENDENTAL = 1, 4, 10
 
 _REGISTRY: dict[str, OpDef] = {}
 

@@ -32,7 +32,8 @@ def _infer_reshape(shapes, dts, shape):
 
 
 register("reshape", _infer_reshape, lambda x, shape: np.reshape(x, shape),
-         (lambda g, y, x: reshape_like(g, x),), noop_if_same_shape=True)
+         (lambda g, y, x: reshape_like(g, x),), noop_if_same_shape=True, view=True,
+         value_preserving=True)
 
 
 def reshape(x, shape) -> Tensor:
@@ -55,7 +56,8 @@ def _infer_transpose(shapes, dts, axes):
 
 
 register("transpose", _infer_transpose, lambda x, axes: np.transpose(x, axes),
-         (lambda g, y, x: transpose(g, tuple(int(i) for i in np.argsort(y.attrs["axes"]))),))
+         (lambda g, y, x: transpose(g, tuple(int(i) for i in np.argsort(y.attrs["axes"]))),),
+         view=True, value_preserving=True)
 
 
 def transpose(x, axes=None) -> Tensor:
@@ -80,7 +82,7 @@ def _infer_broadcast_to(shapes, dts, shape):
 
 
 register("broadcast_to", _infer_broadcast_to, lambda x, shape: np.broadcast_to(x, shape),
-         (lambda g, y, x: sum_to_like(g, x),), noop_if_same_shape=True)
+         (lambda g, y, x: sum_to_like(g, x),), noop_if_same_shape=True, view=True)
 
 
 def broadcast_to(x, shape) -> Tensor:
@@ -106,12 +108,22 @@ def _like(shapes, dts, **_):
     return shapes[1], dts[0]
 
 
+def _sum_to_axes(shapes, attrs) -> tuple:
+    """The axes sum_to_like reduces: the leading ones and those broadcast from size 1."""
+    src, target = shapes
+    lead = len(src) - len(target)
+    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(target)
+                                      if d == 1 and src[lead + i] != 1)
+
+
 register("sum_to_like", _like, _sum_to, (lambda g, y, x, like: broadcast_like(g, x), None),
-         shape_only=(1,), noop_if_same_shape=True)
+         shape_only=(1,), noop_if_same_shape=True, reduction="sum", reduce_axes=_sum_to_axes)
 register("broadcast_like", _like, lambda x, shape: np.broadcast_to(x, shape),
-         (lambda g, y, x, like: sum_to_like(g, x), None), shape_only=(1,), noop_if_same_shape=True)
+         (lambda g, y, x, like: sum_to_like(g, x), None), shape_only=(1,), noop_if_same_shape=True,
+         view=True)
 register("reshape_like", _like, lambda x, shape: np.reshape(x, shape),
-         (lambda g, y, x, like: reshape_like(g, x), None), shape_only=(1,), noop_if_same_shape=True)
+         (lambda g, y, x, like: reshape_like(g, x), None), shape_only=(1,), noop_if_same_shape=True,
+         view=True, value_preserving=True)
 register("zeros_like", lambda shapes, dts, dtype: (shapes[0], np.dtype(dtype)),
          lambda shape, dtype: np.zeros(shape, dtype), (None,), shape_only=(0,))
 
@@ -158,7 +170,7 @@ def _infer_expand(shapes, dts, axes):
 
 
 register("expand_dims", _infer_expand, lambda x, axes: np.expand_dims(x, axes),
-         (lambda g, y, x: reshape_like(g, x),))
+         (lambda g, y, x: reshape_like(g, x),), view=True, value_preserving=True)
 
 
 def expand_dims(x, axes) -> Tensor:
@@ -295,7 +307,7 @@ def _getitem(x, index):
 
 
 register("getitem", _infer_getitem, _getitem,
-         (lambda g, y, x: _getitem_grad(g, x, y.attrs["index"]),))
+         (lambda g, y, x: _getitem_grad(g, x, y.attrs["index"]),), view=True)
 
 
 def _scatter(g, shape, index):

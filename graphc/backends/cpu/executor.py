@@ -1,4 +1,4 @@
-"""The NumPy backend: compiles a bound plan into one generated straight-line function.
+"""The CPU backend's executor: compiles a bound plan into one generated straight-line function.
 
 Every value a kernel writes lives in one preallocated arena (the memory plan); parameters
 are updated in their own storage; views of fixed buffers are made once. A call walks no
@@ -11,19 +11,11 @@ import sys
 
 import numpy as np
 
-from ..plan import BoundPlan
-from ..passes.fuse import data_inputs
-from . import blas, codegen, numba_cpu
-from .numpy_kernels import INTO, PAIRS as _PAIR_KERNELS
-
-PAIRS = tuple(_PAIR_KERNELS)  # op pairs this backend computes in one kernel
-
-
-def gemm_update() -> bool:
-    """Whether this backend fuses SGD updates into their GEMM (a BLAS it can call)."""
-    return blas.available()
-
-name = "numpy"
+from ...schedule import BoundPlan
+from ...schedule.expr import build_expr
+from ...schedule.kernel import data_inputs
+from . import blas, numba_printer, numpy_printer
+from .kernels import INTO, PAIRS as _PAIR_KERNELS
 
 
 def make_kernel(node, in_shapes: list):
@@ -83,7 +75,7 @@ class _Builder:
         arena = np.empty(max(mem.arena_bytes, 1), np.uint8)
         self.ns["ARENA"] = arena
         for p, s in bp.plan.params:
-            self.fixed[s] = p._value
+            self.fixed[s] = p.storage.array
         for c, s in bp.plan.consts:
             self.fixed[s] = c.value
         dtypes = [n.dtype for n in bp.plan.nodes]
@@ -91,9 +83,11 @@ class _Builder:
             n = int(np.prod(bp.shapes[s], dtype=np.int64)) * dtypes[s].itemsize
             self.fixed[s] = arena[off:off + n].view(dtypes[s]).reshape(bp.shapes[s])
         for s, p in mem.param_writes.items():
-            self.fixed[s] = p._value
+            self.fixed[s] = p.storage.array
         args = ", ".join(f"v{s}" for s in self.feed_slots)
         self.lines.append(f"def run({args}):")
+        # the plan's own kernels decide about NaN and Inf (check_numerics), not NumPy warnings
+        self.lines.append("  with np.errstate(all='ignore'):")
         for s in sorted(mem.external):
             self.ns[f"OUT{s}"] = _recycler(bp.shapes[s], dtypes[s])
             self.lines.append(f"    v{s} = OUT{s}()")
@@ -155,7 +149,7 @@ class _Builder:
         self.lines.append(f"    v{out} = V{out}({self.ref(src)})")
 
     def _op(self, i, k):
-        if len(k.steps) == 2:  # a pair kernel (see passes.fuse)
+        if len(k.steps) == 2:  # a pair kernel (see schedule.fusion)
             self.ns[f"K{i}"] = _PAIR_KERNELS[tuple(st.op.name for st in k.steps)]
             args = [self.ref(s) for s in k.inputs] + [self.ref(s) for s in k.outputs]
             self.lines.append(f"    K{i}({', '.join(args)})")
@@ -166,21 +160,21 @@ class _Builder:
         self.lines.append(f"    K{i}({ins}out={self.ref(step.slot)})")
 
     def _fused(self, i, k):
-        expr = codegen.build_expr(k, self.bp.plan, self.bp.shapes)
+        expr = build_expr(k, self.bp.plan, self.bp.shapes)
         mem = self.bp.memory
         aliased = {j for j, (s, _) in enumerate(expr.outputs)
                    if s in mem.inplace or s in mem.param_writes}
-        if numba_cpu.suits(expr):  # loads before stores per element: in-place is safe
-            self.ns[f"F{i}"] = numba_cpu.compile_numba(expr, self._shared(expr))
+        if numba_printer.suits(expr):  # loads before stores per element: in-place is safe
+            self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self._shared(expr))
         else:
-            self.ns[f"F{i}"] = codegen.compile_numpy(expr, aliased)
+            self.ns[f"F{i}"] = numpy_printer.compile_numpy(expr, aliased)
         slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
             [r[0] for r in expr.reductions]
         self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
         epi = expr.epilogue
         if epi is not None:  # elementwise work on the reductions' results, right after
             epi_aliased = {j for j, (s, _) in enumerate(epi.outputs) if s in mem.param_writes}
-            self.ns[f"E{i}"] = codegen.compile_numpy(epi, epi_aliased)
+            self.ns[f"E{i}"] = numpy_printer.compile_numpy(epi, epi_aliased)
             slots = [s for s, _ in epi.inputs] + [s for s, _ in epi.outputs]
             self.lines.append(f"    E{i}({', '.join(self.ref(s) for s in slots)})")
 
@@ -216,13 +210,13 @@ class _Builder:
                 self.ns[f"T{j}"] = np.empty(p.shape, p.dtype)
                 self.lines.append(f"    np.copyto(T{j}, {self.ref(s)})")
         for j, (p, s) in enumerate(pending):
-            self.ns[f"P{j}"] = p._value
+            self.ns[f"P{j}"] = p.storage.array
             src = f"T{j}" if f"T{j}" in self.ns else self.ref(s)
             self.lines.append(f"    np.copyto(P{j}, {src})")
 
     def _is_param_view(self, slot) -> bool:
         arr = self.fixed.get(slot)
-        return arr is not None and any(np.shares_memory(arr, p._value)
+        return arr is not None and any(np.shares_memory(arr, p.storage.array)
                                        for p, _ in self.bp.plan.params)
 
 

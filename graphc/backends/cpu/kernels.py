@@ -47,13 +47,13 @@ def _softmax_family(log: bool):
         if x.ndim == 2 and axis % 2 == 1:
             _softmax_rows(x, out, log)
             return
-        from ..ops.nn import _log_softmax, _softmax
+        from ...ops.nn import _log_softmax, _softmax
         np.copyto(out, (_log_softmax if log else _softmax)(x, axis))
     return kernel
 
 
 def _check_labels(labels, n_classes):
-    from ..ops.nn import _check_labels as check
+    from ...ops.nn import _check_labels as check
     check(labels, n_classes, "softmax_cross_entropy")
 
 

@@ -1,7 +1,9 @@
-"""Fused kernels printed as Numba loops: one pass over the iteration space, every input read
-once, reductions accumulated in float64. Used for groups of cheap arithmetic; groups with
-transcendental functions run as tiled NumPy instead (NumPy's SIMD exp/tanh are 10-80x faster
-per element than Numba's scalar libm calls on the machines we measured).
+"""Fused kernels printed as Numba loops (CPU backend): one pass over the iteration space,
+every input read once, reductions accumulated in float64, each op printed from its
+registry scalar form (OpDef.scalar). Used for groups of cheap arithmetic (OpDef.cost below
+COST_TRANSCENDENTAL); groups with transcendental functions run as tiled NumPy instead
+(NumPy's SIMD exp/tanh are 10-80x faster per element than Numba's scalar libm calls on the
+machines we measured).
 
 Sources are written to a user-only cache directory, named by the hash of their source, and
 compiled with `cache=True`, so a later process loads the machine code from disk. A cached
@@ -22,21 +24,8 @@ import warnings
 
 import numpy as np
 
-from .codegen import FusedExpr
-
-# op -> expression template over argument expressions {0}, {1}, ... (Numba scalar code)
-SCALAR = {
-    "add": "({0} + {1})", "sub": "({0} - {1})", "mul": "({0} * {1})", "div": "({0} / {1})",
-    "neg": "(-{0})", "abs": "abs({0})", "square": "({0} * {0})",
-    "relu": "({0} if {0} > ZERO_{dt} else ZERO_{dt})",
-    "maximum": "({0} if ({0} > {1} or {0} != {0}) else {1})",
-    "minimum": "({0} if ({0} < {1} or {0} != {0}) else {1})",
-    "greater": "({0} > {1})", "greater_equal": "({0} >= {1})", "less": "({0} < {1})",
-    "equal": "({0} == {1})", "where": "({1} if {0} else {2})", "sign": "np.sign({0})",
-    "sqrt": "math.sqrt({0})",
-}
-NUMBA_OPS = set(SCALAR) | {"cast", "leaky_relu"}
-
+from ...ops.registry import COST_TRANSCENDENTAL
+from ...schedule.expr import FusedExpr
 
 def available() -> bool:
     if os.environ.get("GRAPHC_NUMBA", "1") == "0":
@@ -56,8 +45,41 @@ MIN_ELEMENTS = 1 << 14
 def suits(expr: FusedExpr) -> bool:
     """Numba pays for big groups of cheap arithmetic only (see the module docstring)."""
     size = int(np.prod(expr.shape, dtype=np.int64))
-    return (size >= MIN_ELEMENTS and all(i.op in NUMBA_OPS for i in expr.instrs)
-            and available())
+    return size >= MIN_ELEMENTS and all(prints(i) for i in expr.instrs) and available()
+
+
+def prints(ins) -> bool:
+    """Whether an instruction is cheap arithmetic with a scalar form (see the docstring)."""
+    op = ins.opdef
+    return (op is not None and op.cost < COST_TRANSCENDENTAL
+            and op.scalar_form(ins.attrs) is not None)
+
+
+def scalar_code(ins, j: int, args: list, consts: dict) -> str:
+    """Instruction j as one scalar expression over `args`, from its OpDef's scalar form;
+    typed constants it names are added to `consts` (module globals of the kernel source)."""
+    dt = np.dtype(ins.dtype)
+    tname = f"T_{dt.name}"
+    consts[tname] = dt.type
+    fields = {"T": tname}
+    for name, value in (("zero", 0), ("one", 1), ("half", 0.5)):
+        fields[name] = f"{name.upper()}_{dt.name}"
+    named = {k: v for k, v in ins.attrs.items() if isinstance(v, (int, float))
+             and not isinstance(v, bool)}
+    named.update(ins.opdef.scalar_consts)
+    for name, value in named.items():
+        fields[name] = f"C{j}_{name}"
+    template = ins.opdef.scalar_form(ins.attrs)
+    code = template.format(*args, **fields)
+    for name, value in (("zero", 0), ("one", 1), ("half", 0.5)):
+        if fields[name] in code:
+            consts[fields[name]] = dt.type(value)
+    for name, value in named.items():
+        if fields[name] in code:
+            consts[fields[name]] = dt.type(value)
+    if dt.kind == "f" and ins.op != "cast":
+        code = f"{tname}({code})"  # keep float32 float32 whatever Python promotes
+    return code
 
 
 class KernelCacheWarning(UserWarning):
@@ -163,22 +185,7 @@ def print_numba(expr: FusedExpr, shared=None) -> tuple[str, dict]:
         loads.setdefault(depth, []).append(f"x{k} = i{k}{index}")
     for j, ins in enumerate(expr.instrs):
         args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in ins.args]
-        dt = np.dtype(ins.dtype)
-        tname = f"T_{dt.name}"
-        consts[tname] = dt.type
-        if ins.op == "cast":
-            code = f"{tname}({args[0]})"
-        elif ins.op == "leaky_relu":
-            consts[f"S{j}"] = dt.type(ins.attrs["negative_slope"])
-            consts[f"ZERO_{dt.name}"] = dt.type(0)
-            code = f"({args[0]} if {args[0]} > ZERO_{dt.name} else {args[0]} * S{j})"
-        else:
-            if ins.op == "relu":
-                consts[f"ZERO_{dt.name}"] = dt.type(0)
-            code = SCALAR[ins.op].format(*args, dt=dt.name)
-            if dt.kind == "f" and ins.op not in ("greater", "greater_equal", "less", "equal"):
-                code = f"{tname}({code})"  # keep float32 float32 whatever Python promotes
-        body.append(f"t{j} = {code}")
+        body.append(f"t{j} = {scalar_code(ins, j, args, consts)}")
     idx = "[" + ", ".join(loop_vars) + "]" if shape else "[()]"
     for k, (_, j) in enumerate(expr.outputs):
         body.append(f"{f'i{shared[k]}' if k in shared else f'o{k}'}{idx} = t{j}")

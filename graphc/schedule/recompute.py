@@ -1,4 +1,4 @@
-"""Recompute instead of store, across fused kernels.
+"""Recompute instead of store, across fused kernels (schedule stage, after fusion).
 
 A forward kernel often materializes an elementwise value only because a backward kernel
 reads it (a dropout keep-mask, an activation's derivative). When that value is cheap to
@@ -9,8 +9,9 @@ The cost rule, per value v written by fused kernel K1 and read by fused kernels 
 - every reader outside K1 is a fused kernel over K1's iteration shape, reading v in its
   main loop (not in an epilogue);
 - v's cone (the K1 steps it depends on, back to K1's inputs or its materialized outputs)
-  costs at most MAX_COST per element (arithmetic 1, division and square root 4, a
-  transcendental function 10);
+  costs at most the backend's `max_recompute_cost` per element (each op's OpDef.cost:
+  arithmetic 1, division and square root 4, a transcendental function 10; a backend may
+  override an op's cost);
 - the cone's leaves that a reader does not read already add at most v's own bytes. Then
   the leaves' lifetimes grow by no more than v's disappears (peak memory does not grow)
   and the traffic saved, one write plus one read per reader, exceeds the traffic added;
@@ -20,20 +21,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fuse import Kernel, data_inputs, view_bases
-
-MAX_COST = 8
-CHEAP = {"add", "sub", "mul", "neg", "abs", "square", "relu", "leaky_relu", "maximum",
-         "minimum", "greater", "greater_equal", "less", "equal", "where", "sign", "cast"}
-MEDIUM = {"div", "sqrt"}
+from .capabilities import CPU_DEFAULT, Capabilities
+from .kernel import Kernel, data_inputs, view_bases
 
 
-def op_cost(name: str) -> int:
-    """Per-element cost of recomputing one elementwise op, in units of one add."""
-    return 1 if name in CHEAP else 4 if name in MEDIUM else 10
-
-
-def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
+def recompute_cheap_values(kernels: list[Kernel], plan, shapes,
+                           caps: Capabilities = CPU_DEFAULT) -> list[Kernel]:
     """Apply the module's cost rule to the ordered kernels, in place; returns them."""
     kept = set(plan.outputs) | {s for _, s in plan.updates}
     slot_of = {id(p): s for p, s in plan.params}
@@ -53,7 +46,7 @@ def recompute_cheap_values(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
             for v in list(k1.outputs):
                 if v in kept or v in k1.late():
                     continue
-                found = _recompute_plan(k1, v, readers.get(v, []), plan, shapes)
+                found = _recompute_plan(k1, v, readers.get(v, []), plan, shapes, caps)
                 if found is None:
                     continue
                 cone, leaves, targets = found
@@ -79,7 +72,7 @@ def _readers(kernels) -> dict:
     return readers
 
 
-def _recompute_plan(k1: Kernel, v: int, readers: list, plan, shapes):
+def _recompute_plan(k1: Kernel, v: int, readers: list, plan, shapes, caps: Capabilities):
     """(cone steps in order, their leaves, reader kernels) if the cost rule says recompute
     v, else None."""
     outside = [k for k in readers if k is not k1]
@@ -102,7 +95,7 @@ def _recompute_plan(k1: Kernel, v: int, readers: list, plan, shapes):
                 stack.append(members[s])
             else:
                 leaves.add(s)
-    if sum(op_cost(st.op.name) for st in cone.values()) > MAX_COST:
+    if sum(caps.op_cost(st.op) for st in cone.values()) > caps.max_recompute_cost:
         return None
     v_bytes = _nbytes(shapes[v], plan.nodes[v].dtype)
     for k2 in outside:

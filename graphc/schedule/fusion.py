@@ -1,69 +1,23 @@
-"""Elementwise fusion, on a plan bound to concrete shapes.
+"""Elementwise fusion (schedule stage), on a plan bound to concrete shapes.
 
 Maximal groups of elementwise steps with the same iteration shape become one kernel; their
-inputs may broadcast. A sum over a member's value (a bias gradient, a loss total) joins the
-group as a trailing reduction. Values used only inside a group are never materialized.
-Groups never create a cycle: a step joins only if none of its outside inputs depends on the
-group. The result is a list of kernels in an order that respects every dependency."""
+inputs may broadcast. A reduction over a member's value (a bias gradient, a loss total)
+joins the group as a trailing reduction. Values used only inside a group are never
+materialized. Groups never create a cycle: a step joins only if none of its outside inputs
+depends on the group. The result is a list of kernels in an order that respects every
+dependency. Which ops are views, reductions or elementwise is read from the registry."""
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import numpy as np
 
-VIEW_OPS = {"reshape", "transpose", "expand_dims", "broadcast_to", "broadcast_like",
-            "reshape_like", "getitem"}
-REDUCTIONS = {"sum", "mean", "sum_to_like"}
-
-
-@dataclass
-class Kernel:
-    """One unit of execution: a fused group, a single op, a view, or an alias."""
-
-    kind: str  # "fused" | "op" | "view" | "alias" | "const"
-    steps: list  # plan steps it computes, in order
-    inputs: list = field(default_factory=list)  # slots read
-    outputs: list = field(default_factory=list)  # slots written (materialized)
-    shape: tuple = ()  # iteration shape of a fused group
-    reductions: dict = field(default_factory=dict)  # out slot -> (member slot, axes, op)
-    # Elementwise steps over the reductions' results (a bias update after its gradient's
-    # sum), run once the main loop is done, over epilogue_shape.
-    epilogue: list = field(default_factory=list)  # slots
-    epilogue_shape: tuple | None = None
-
-    def late(self) -> set:
-        """Slots that exist only after the main loop: reductions and the epilogue."""
-        return set(self.reductions) | set(self.epilogue)
-
-    @property
-    def ops(self) -> list:
-        return [s.op.name for s in self.steps]
-
-
-def reduction_axes(step, shapes) -> tuple | None:
-    """Axes a sum/mean/sum_to_like step reduces over, given concrete shapes."""
-    name = step.op.name
-    src = shapes[step.inputs[0]]
-    if name in ("sum", "mean"):
-        return tuple(step.node.attrs["axes"])
-    target = shapes[step.inputs[1]]
-    lead = len(src) - len(target)
-    return tuple(range(lead)) + tuple(lead + i for i, d in enumerate(target)
-                                      if d == 1 and src[lead + i] != 1)
-
-
-def data_inputs(step) -> list:
-    """Input slots whose values a step reads (shape-only inputs are bound, never read)."""
-    skip = step.op.shape_only
-    return [s for i, s in enumerate(step.inputs) if i not in skip]
+from .kernel import Kernel, data_inputs, reduction_axes
 
 
 def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
-          pairs=(), gemm_update: bool = False) -> list[Kernel]:
+          pairs=()) -> list[Kernel]:
     """Partition the plan's steps into kernels (see module docstring). `pairs` names
     (first op, second op) that the backend computes together in one kernel when the second
-    reads the first's inputs (softmax cross-entropy and its gradient). `gemm_update`: the
-    backend runs `W - lr * (A @ B)` as one GEMM into W (see fuse_gemm_updates)."""
+    reads the first's inputs (softmax cross-entropy and its gradient)."""
     producer: dict[int, int] = {}  # slot -> index of its step
     for i, step in enumerate(plan.steps):
         producer[step.slot] = i
@@ -158,14 +112,14 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
             k = Kernel("const", [step], [], [step.slot])
         elif step.slot in aliased:
             k = Kernel("alias", [step], [step.inputs[0]], [step.slot])
-        elif name in VIEW_OPS:
+        elif step.op.view:
             k = Kernel("view", [step], [step.inputs[0]], [step.slot])
         elif step.op.elementwise and not fuse:
             k = Kernel("fused", [step], shape=tuple(shapes[step.slot]))
         elif step.op.elementwise:
             k = _join_elementwise(i, step, shapes, producer, owner, members, legal, kernels,
                                   absorbed)
-        elif fuse and name in REDUCTIONS and _attach_reduction(
+        elif fuse and step.op.reduction and _attach_reduction(
                 i, step, shapes, producer, owner, members, legal, kernels):
             k = None
         elif fuse and _attach_pair(i, step, producer, owner, members, legal, pairs):
@@ -187,71 +141,7 @@ def group(plan, shapes: list, aliased: dict, folded=(), fuse: bool = True,
         if k.kind == "fused":
             k.steps.sort(key=lambda st: producer[st.slot])  # merged groups: back in order
             _finish(k, shapes, readers, roots)
-    ordered = _order(kernels, producer, owner)
-    if fuse:
-        from .recompute import recompute_cheap_values
-        ordered = recompute_cheap_values(ordered, plan, shapes)
-    if fuse and gemm_update:
-        ordered = fuse_gemm_updates(ordered, plan, shapes)
-    return ordered
-
-
-def view_bases(kernels: list[Kernel], n_slots: int) -> list[int]:
-    """For every slot, the slot whose buffer it is (itself, or the source of its views)."""
-    base = list(range(n_slots))
-    for k in kernels:
-        if k.kind in ("view", "alias"):
-            base[k.outputs[0]] = base[k.inputs[0]]
-    return base
-
-
-def fuse_gemm_updates(kernels: list[Kernel], plan, shapes) -> list[Kernel]:
-    """Matmul epilogue fusion for SGD: a matmul whose result G only feeds `W - lr * G`, the
-    in-place update of parameter W (no later reader), becomes one "gemm" kernel computing
-    W += (-lr) * A @ B. The gradient is never stored and the update costs no extra pass."""
-    producer = {s: k for k in kernels for s in k.outputs}
-    readers: dict[int, list] = {}
-    for k in kernels:
-        for s in k.inputs:
-            readers.setdefault(s, []).append(k)
-    base = view_bases(kernels, len(plan.nodes))
-    param_slots = {s for _, s in plan.params}
-    updated = {s: p for p, s in plan.updates}
-    roots = set(plan.outputs)
-    position = {id(k): i for i, k in enumerate(kernels)}
-    merged: dict[int, Kernel] = {}  # id(update kernel) -> gemm kernel
-    dropped: set[int] = set()
-    for k in kernels:
-        if k.kind != "fused" or len(k.steps) != 2 or k.reductions or k.epilogue:
-            continue
-        mul, sub = k.steps
-        if mul.op.name != "mul" or sub.op.name != "sub" or sub.inputs[1] != mul.slot:
-            continue
-        w = sub.inputs[0]
-        if w not in param_slots or sub.slot not in updated or sub.slot in roots \
-                or k.outputs != [sub.slot]:
-            continue
-        lr = next((s for s in mul.inputs if tuple(shapes[s]) == ()), None)
-        g = next((s for s in mul.inputs if s != lr), None)
-        m = producer.get(g)
-        if lr is None or m is None or m.kind != "op" or len(m.steps) != 1 \
-                or m.steps[0].op.name != "matmul" or g in roots \
-                or readers.get(g) != [k] or len(shapes[g]) != 2:
-            continue
-        a, b = m.steps[0].inputs
-        dtype = np.dtype(sub.node.dtype)
-        if dtype.name not in ("float32", "float64") or len(shapes[a]) != 2 \
-                or len(shapes[b]) != 2 or tuple(shapes[w]) != tuple(shapes[g]) \
-                or any(np.dtype(plan.nodes[s].dtype) != dtype for s in (a, b, lr, g)):
-            continue
-        later = kernels[position[id(k)] + 1:]
-        if any(base[s] == w for s in (a, b)) or any(
-                base[s] == w for j in later for s in j.inputs):
-            continue  # W must be read last here: GEMM writes it in place
-        merged[id(k)] = Kernel("gemm", [m.steps[0], mul, sub], [a, b, lr, w], [sub.slot],
-                               shape=tuple(shapes[w]))
-        dropped.add(id(m))
-    return [merged.get(id(k), k) for k in kernels if id(k) not in dropped]
+    return _order(kernels, producer, owner)
 
 
 def _join_epilogue(i, step, shape, producer, owner, members, legal) -> bool:
@@ -336,12 +226,12 @@ def _outside_inputs(bits, step, ks, producer):
 def _attach_reduction(i, step, shapes, producer, owner, members, legal, kernels) -> bool:
     src = step.inputs[0]
     k = owner.get(producer.get(src, -1))
-    if k is not None and k.kind == "op" and step.op.name != "mean" and \
+    if k is not None and k.kind == "op" and step.op.reduction == "sum" and \
             np.dtype(step.node.dtype).kind == "f":
         # a sum over an op's result (the last layer's bias gradient): a group of its own,
         # so that elementwise work on the sum (the bias update) can join it
         k = Kernel("fused", [], shape=tuple(shapes[src]))
-        k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.name)
+        k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.reduction)
         k.steps.append(step)
         kernels.append(k)
         members[id(k)] = 1 << i
@@ -350,13 +240,13 @@ def _attach_reduction(i, step, shapes, producer, owner, members, legal, kernels)
     if k is None or k.kind != "fused" or tuple(shapes[src]) != k.shape or k.epilogue \
             or src in k.late():
         return False
-    if step.op.name == "sum_to_like" and len(shapes[step.inputs[1]]) > len(k.shape):
-        return False
+    if any(len(shapes[step.inputs[j]]) > len(k.shape) for j in step.op.shape_only):
+        return False  # a target of higher rank than the loop (sum_to_like): not a plain sum
     bits = members[id(k)] | 1 << i
     if not legal(bits, [src]):
         return False
     k.steps.append(step)
-    k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.name)
+    k.reductions[step.slot] = (src, reduction_axes(step, shapes), step.op.reduction)
     members[id(k)] = bits
     owner[i] = k
     return True

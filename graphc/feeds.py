@@ -1,0 +1,113 @@
+"""Feed checking (Function stage): what a call passes in becomes one array per
+placeholder, checked before anything runs: names, graphs, dtypes (converted only where
+safe), static shapes, and integer indices against the ranges the ops reading them accept."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import dtypes as _dt
+from .errors import FeedError
+from .graph import Placeholder, Tensor, format_shape
+
+
+def _index_checks(plan) -> list:
+    """[(feed position, step, count(shapes, attrs), noun)] for every op reading integer
+    indices (OpDef.indices) that come straight from a placeholder (through value-preserving
+    ops on integers), so a call can check their range before anything runs."""
+    position = {ph: i for i, (ph, _) in enumerate(plan.feeds)}
+    checks, seen = [], set()
+    for step in plan.steps:
+        if step.op.indices is None:
+            continue
+        k, count, noun = step.op.indices
+        src = step.node.inputs[k]
+        while src.op.value_preserving and src.inputs and src.dtype.kind in "iu" \
+                and src.inputs[0].dtype.kind in "iu":
+            src = src.inputs[0]
+        if src in position and (src, step.op.name) not in seen:
+            seen.add((src, step.op.name))
+            checks.append((position[src], step, count, noun))
+    return checks
+
+
+class Feeds:
+    """The placeholders a plan reads and the checks a call's feeds must pass."""
+
+    def __init__(self, plan, graph):
+        self.placeholders = [ph for ph, _ in plan.feeds]
+        self._by_name = {ph.name: ph for ph in self.placeholders}
+        self._graph_names = graph._names if graph is not None else {}
+        self._index_checks = _index_checks(plan)
+
+    def collect(self, feeds, kwargs) -> dict:
+        """{placeholder: value} from a dict (placeholders or names) and keywords."""
+        given: dict = {}
+        items = list((feeds or {}).items()) + list(kwargs.items())
+        for key, value in items:
+            ph = self._lookup(key)
+            if ph is None:
+                continue  # a placeholder of the graph this step does not need
+            if ph in given:
+                raise FeedError(f"placeholder '{ph.name}' is fed twice")
+            given[ph] = value
+        missing = [ph.name for ph in self.placeholders if ph not in given]
+        if missing:
+            raise FeedError(f"missing feed for placeholder(s) {', '.join(map(repr, missing))}; "
+                            f"this function needs {[ph.name for ph in self.placeholders]}")
+        return given
+
+    def arrays(self, given: dict) -> list:
+        """One checked array per placeholder, in plan order."""
+        return [convert(ph, given[ph]) for ph in self.placeholders]
+
+    def _lookup(self, key):
+        if isinstance(key, Tensor):
+            if not isinstance(key, Placeholder):
+                raise FeedError(f"only placeholders can be fed, got {key.describe()}")
+            if key in self.placeholders:
+                return key
+            if key.name in self._graph_names and self._graph_names[key.name] is key:
+                return None
+            raise FeedError(f"placeholder '{key.name}' belongs to another graph")
+        if isinstance(key, str):
+            if key in self._by_name:
+                return self._by_name[key]
+            if isinstance(self._graph_names.get(key), Placeholder):
+                return None
+            raise FeedError(f"unknown placeholder {key!r}; this function takes "
+                            f"{sorted(self._by_name)}")
+        raise FeedError(f"feed keys must be placeholders or their names, got {key!r}")
+
+    def check_indices(self, arrays: list, bound) -> None:
+        """FeedError before anything runs if fed labels or indices are out of range."""
+        for pos, step, count, noun in self._index_checks:
+            n = count([bound.shapes[s] for s in step.inputs], step.node.attrs)
+            ids = arrays[pos]
+            if ids.size and (ids.min() < 0 or ids.max() >= n):
+                bad = ids[(ids < 0) | (ids >= n)]
+                where = f" made at {step.node.source}" if step.node.source else ""
+                word = "label" if noun == "classes" else "index"
+                raise FeedError(f"placeholder '{self.placeholders[pos].name}': {word} "
+                                f"{bad.flat[0]} is out of range for {n} {noun} ({bad.size} "
+                                f"value(s) outside [0, {n}); fed range [{ids.min()}, "
+                                f"{ids.max()}]), read by {step.op.name}{where}")
+
+
+def convert(ph: Placeholder, value) -> np.ndarray:
+    """The fed value as an array of the placeholder's dtype and shape, or a FeedError."""
+    arr = np.asarray(value)
+    if arr.dtype != ph.dtype:
+        if not _dt.can_feed(arr.dtype, ph.dtype):
+            raise FeedError(f"placeholder '{ph.name}' is {ph.dtype}; cannot convert fed "
+                            f"dtype {arr.dtype} safely (cast it explicitly)")
+        if ph.dtype.kind in "iu" and arr.dtype.kind in "iu" and arr.size:
+            info = np.iinfo(ph.dtype)
+            if arr.min() < info.min or arr.max() > info.max:
+                raise FeedError(f"placeholder '{ph.name}' is {ph.dtype}; fed values "
+                                f"[{arr.min()}, {arr.max()}] do not fit")
+        arr = arr.astype(ph.dtype)
+    if arr.ndim != len(ph.shape) or any(
+            d is not None and d != a for d, a in zip(ph.shape, arr.shape)):
+        raise FeedError(f"placeholder '{ph.name}' expects shape {format_shape(ph.shape)}, "
+                        f"got {format_shape(arr.shape)}")
+    return arr
