@@ -2,7 +2,7 @@
 
 Declare a graph once, ask for symbolic gradients, compile outputs, gradients and parameter
 updates into one execution plan, and run it."""
-from . import data, io, nn, optim, testing, train  # noqa: F401
+from . import backends, config, data, io, nn, optim, testing, train  # noqa: F401
 from .autodiff import grad
 from .errors import (CompileError, FeedError, GradientError, GraphcError,  # noqa: F401
                      GraphError, NumericsError, ResourceError, ShapeError)
