@@ -1,4 +1,4 @@
-"""Reverse-mode differentiation as a graph transform.
+"""Reverse-mode differentiation as a graph transform (grad stage).
 
 `grad` walks the graph once in reverse topological order, applies each op's gradient rule
 (written in graph ops) and sums the contributions reaching every node. The result is more

@@ -1,4 +1,5 @@
-"""Dtype rules: the default float, promotion between tensors, safe feed conversion."""
+"""Dtype rules (shared by every stage): the default float, promotion between tensors, safe
+feed conversion."""
 from __future__ import annotations
 
 import numpy as np

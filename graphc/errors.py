@@ -1,4 +1,4 @@
-"""Public error types. Every error a user can cause is a GraphcError."""
+"""Public error types (shared by every stage). Every error a user can cause is a GraphcError."""
 
 
 class GraphcError(Exception):

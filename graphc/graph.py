@@ -1,4 +1,4 @@
-"""The IR: a Graph is an explicit DAG of Tensors (nodes), each made by one op.
+"""The IR (graph stage): a Graph is an explicit DAG of Tensors (nodes), each made by one op.
 
 A node records its op, its inputs, its static shape (entries may be None, bound at
 call time), its dtype, its attributes and the user's file:line where it was made.

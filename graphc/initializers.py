@@ -1,4 +1,4 @@
-"""Parameter initializers (the torch/Keras conventions for fan-in and fan-out)."""
+"""Parameter initializers (graph stage; the torch/Keras conventions for fan-in and fan-out)."""
 from __future__ import annotations
 
 import math

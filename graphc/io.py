@@ -1,5 +1,6 @@
-"""Checkpoints: every parameter of a graph (weights and optimizer state) in one versioned
-`.npz`, written atomically so that a crash mid-save leaves the previous file intact."""
+"""Checkpoints (training toolkit, over the graph and Function stages): every parameter of a
+graph (weights and optimizer state) in one versioned `.npz`, written atomically so that a
+crash mid-save leaves the previous file intact."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
-"""ONNX export: write the inference graph of some outputs as an ONNX model.
+"""ONNX export (interoperability, reads the graph stage): write the inference graph of some
+outputs as an ONNX model.
 
 Placeholders the outputs need become the model's inputs (names, dtypes, shapes; None
 dimensions symbolic), parameters and constants become initializers holding their current

@@ -1,6 +1,7 @@
-"""Optimizers: each turns a loss into parameter updates written in graph ops, so the update
-(and the optimizer's state: moments, accumulators, the step count) is part of the compiled
-plan and fused like any other elementwise work.
+"""Optimizers (training toolkit; their updates enter the graph before the passes): each
+turns a loss into parameter updates written in graph ops, so the update (and the optimizer's
+state: moments, accumulators, the step count) is part of the compiled plan and fused like
+any other elementwise work.
 
 Update rules and defaults are those of the `torch.optim` class of the same name. Numeric
 hyper-parameters (lr, betas, eps, weight_decay, ...) live in scalar parameters of the plan:

@@ -1,4 +1,4 @@
-"""Test helpers: float64 finite-difference checks of symbolic gradients."""
+"""Test helpers (over every stage): float64 finite-difference checks of symbolic gradients."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,2 +1,2 @@
-"""Hand-written device kernels (CUDA C sources and Numba CUDA functions), installed as
-graphc.kernels. Empty until the GPU backend lands."""
+"""Hand-written device kernels (backend stage) (CUDA C sources and Numba CUDA functions),
+installed as graphc.kernels. Empty until the GPU backend lands."""

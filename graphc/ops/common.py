@@ -1,4 +1,5 @@
-"""Helpers shared by op definitions: broadcasting with None dims, axes, scalar lifting."""
+"""Helpers shared by op definitions (graph stage): broadcasting with None dims, axes, scalar
+lifting."""
 from __future__ import annotations
 
 import numbers

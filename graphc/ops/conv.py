@@ -1,6 +1,6 @@
-"""2-D convolution and pooling over NCHW tensors, with torch.nn.functional's semantics
-(conv2d: stride, padding, dilation, groups; max_pool2d pads with -inf; avg_pool2d counts the
-padding, as count_include_pad=True).
+"""2-D convolution and pooling over NCHW tensors (graph stage: registry ops), with
+torch.nn.functional's semantics (conv2d: stride, padding, dilation, groups; max_pool2d pads
+with -inf; avg_pool2d counts the padding, as count_include_pad=True).
 
 Convolution runs as im2col + matmul. Its gradients are two more ops (the input gradient, a
 transposed convolution, and the weight gradient), each linear in both operands, so the three

@@ -1,4 +1,5 @@
-"""Elementwise ops (NumPy broadcasting): arithmetic, comparisons, activations."""
+"""Elementwise ops (graph stage: registry ops; NumPy broadcasting): arithmetic, comparisons,
+activations."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,5 @@
-"""Embedding lookup (torch.nn.functional.embedding) and its gradient, a scatter-add."""
+"""Embedding lookup (graph stage: registry ops; torch.nn.functional.embedding) and its
+gradient, a scatter-add."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Matrix multiplication with numpy.matmul semantics (2-D and broadcast batches)."""
+"""Matrix multiplication (graph stage: a registry op) with numpy.matmul semantics (2-D and
+broadcast batches)."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""Neural-network functions: softmax family, one_hot and the losses (torch semantics)."""
+"""Neural-network functions (graph stage: registry ops): softmax family, one_hot and the
+losses (torch semantics)."""
 from __future__ import annotations
 
 import numpy as np

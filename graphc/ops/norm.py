@@ -1,4 +1,5 @@
-"""Layer and batch normalisation as registry ops, with torch.nn.functional's semantics.
+"""Layer and batch normalisation as registry ops (graph stage), with torch.nn.functional's
+semantics.
 
 Each op has one output, the normalised (and scaled, shifted) tensor; the graph has no
 multi-output nodes, so the gradient rules recompute the mean and inverse standard deviation

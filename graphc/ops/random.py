@@ -1,8 +1,9 @@
-"""Counter-based random numbers: `random_uniform` is a pure function of (seed, counter,
-element index), so a compiled step stays a pure plan, a backend computes the same stream,
-and a checkpoint (which saves the counter) resumes the same stream. Each training step
-advances the graph's counter by one (compile adds that update), and each random op in the
-graph has its own seed, so two dropout layers draw independent masks."""
+"""Counter-based random numbers (graph stage: registry ops): `random_uniform` is a pure
+function of (seed, counter, element index), so a compiled step stays a pure plan, a backend
+computes the same stream, and a checkpoint (which saves the counter) resumes the same
+stream. Each training step advances the graph's counter by one (compile adds that update),
+and each random op in the graph has its own seed, so two dropout layers draw independent
+masks."""
 from __future__ import annotations
 
 import numpy as np

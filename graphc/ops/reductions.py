@@ -1,4 +1,4 @@
-"""Reductions over axes: sum, mean, max, min, logsumexp."""
+"""Reductions over axes (graph stage: registry ops): sum, mean, max, min, logsumexp."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The op registry: each op is declared once with its shape/dtype inference, its NumPy
+"""The op registry (graph stage): each op is declared once with its shape/dtype inference, its NumPy
 reference and its gradient rules written in graph ops."""
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Special functions NumPy lacks, vectorized with Numba when it is installed."""
+"""Special functions NumPy lacks (used by op references), vectorized with Numba when it is
+installed."""
 from __future__ import annotations
 
 import math

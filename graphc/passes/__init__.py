@@ -1,4 +1,4 @@
-"""Compiler passes. Each is a pure function Program -> Program in its own module; the
+"""Compiler passes (passes stage). Each is a pure function Program -> Program in its own module; the
 default pipeline is DEFAULT_PASSES, run by gc.compile(optimize=True)."""
 from __future__ import annotations
 

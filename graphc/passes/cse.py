@@ -1,5 +1,5 @@
-"""Common subexpression elimination: one node per (op, inputs, attributes); equal small
-constants are shared too."""
+"""Common subexpression elimination (passes stage): one node per (op, inputs, attributes);
+equal small constants are shared too."""
 from __future__ import annotations
 
 from ..graph import Constant, Tensor

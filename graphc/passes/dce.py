@@ -1,5 +1,5 @@
-"""Dead code elimination: a step keeps only what its outputs and updates need, and drops
-updates that assign a parameter its own value."""
+"""Dead code elimination (passes stage): a step keeps only what its outputs and updates
+need, and drops updates that assign a parameter its own value."""
 from __future__ import annotations
 
 from .program import Program

@@ -1,4 +1,5 @@
-"""Constant folding: ops whose inputs are all constants are computed at compile time."""
+"""Constant folding (passes stage): ops whose inputs are all constants are computed at
+compile time."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,5 +1,5 @@
-"""What passes transform: the outputs and parameter updates of a step, and the bottom-up
-rewriting helper every pass is built on."""
+"""What passes transform (passes stage): the outputs and parameter updates of a step, and
+the bottom-up rewriting helper every pass is built on."""
 from __future__ import annotations
 
 from dataclasses import dataclass

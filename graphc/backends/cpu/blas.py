@@ -1,4 +1,4 @@
-"""A matmul with its epilogue in one BLAS call: C = alpha * A @ B + beta * C.
+"""A matmul with its epilogue in one BLAS call (CPU backend): C = alpha * A @ B + beta * C.
 
 np.matmul cannot accumulate into its output, so an SGD step `W -= lr * X.T @ G` costs a
 gradient buffer and an update pass over it. GEMM does it in one call with alpha = -lr,

@@ -1,4 +1,5 @@
-"""The CPU backend's executor: compiles a bound plan into one generated straight-line function.
+"""The CPU backend's executor (backend stage): compiles a bound plan into one generated
+straight-line function.
 
 Every value a kernel writes lives in one preallocated arena (the memory plan); parameters
 are updated in their own storage; views of fixed buffers are made once. A call walks no

@@ -1,6 +1,6 @@
-"""NumPy kernels that write into a preallocated output (`out=`), for the ops that are not
-elementwise (elementwise ops go through the fused-kernel code generator). An op missing
-here runs its reference and copies the result into place."""
+"""NumPy kernels (CPU backend) that write into a preallocated output (`out=`), for the ops
+that are not elementwise (elementwise ops go through the fused-kernel code generator). An op
+missing here runs its reference and copies the result into place."""
 from __future__ import annotations
 
 import os
