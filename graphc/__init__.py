@@ -21,6 +21,7 @@ from .ops import (abs, add, binary_cross_entropy_with_logits, broadcast_to, cast
                   sqrt, square, sub, sum, tanh, transpose, triplet_loss, where, zeros_like)
 from .ops import (argmax, avg_pool2d, batch_norm, conv2d, dropout, embedding, layer_norm,  # noqa: F401
                   max_pool2d, random_uniform)
+from .ops import arange, gather, nll_loss, take_along_axis  # noqa: F401
 
 __version__ = "0.1.0"
 

@@ -77,12 +77,27 @@ def _find(directory: str, stem: str) -> str:
     raise DataError(f"{os.path.join(directory, stem + '.gz')}: no such file (nor without .gz)")
 
 
+def _dataset_folder(directory: str, name: str) -> str:
+    """`<directory>/<name>`, or `directory` itself when it is already that folder (it holds
+    the training images and has no `<name>` subfolder)."""
+    nested = os.path.join(directory, name)
+    if os.path.isdir(nested):
+        return nested
+    stem = "train-images-idx3-ubyte"
+    if any(os.path.isfile(os.path.join(directory, n))
+           for n in (stem + ".gz", stem, stem.replace("-idx", ".idx"))):
+        return directory
+    raise DataError(f"{os.path.join(nested, stem + '.gz')}: no such file (nor without .gz), "
+                    f"and {directory} holds no {stem} either: pass the folder with the IDX "
+                    f"files or its parent")
+
+
 def load_idx_dataset(name: str = "mnist", directory: str | None = None,
                      normalize: bool = True) -> dict:
-    """MNIST-layout data set `name` (a folder under the data directory: "mnist",
-    "fashion-mnist"): {"train": (images, labels), "test": (images, labels)}. Images are
-    float32 in [0, 1] of shape (n, 28, 28) when normalize, else uint8; labels int32."""
-    folder = os.path.join(data_dir(directory), name)
+    """MNIST-layout data set `name` ("mnist", "fashion-mnist") from the folder `directory`
+    or `<directory>/<name>`: {"train": (images, labels), "test": (images, labels)}. Images
+    are float32 in [0, 1] of shape (n, 28, 28) when normalize, else uint8; labels int32."""
+    folder = _dataset_folder(data_dir(directory), name)
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"))
@@ -97,12 +112,14 @@ def load_idx_dataset(name: str = "mnist", directory: str | None = None,
 
 
 def mnist(directory: str | None = None, normalize: bool = True) -> dict:
-    """MNIST from `<directory>/mnist` (see load_idx_dataset)."""
+    """MNIST from the `mnist` folder `directory` or `<directory>/mnist` (see
+    load_idx_dataset)."""
     return load_idx_dataset("mnist", directory, normalize)
 
 
 def fashion_mnist(directory: str | None = None, normalize: bool = True) -> dict:
-    """Fashion-MNIST from `<directory>/fashion-mnist` (see load_idx_dataset)."""
+    """Fashion-MNIST from the folder `directory` or `<directory>/fashion-mnist` (see
+    load_idx_dataset)."""
     return load_idx_dataset("fashion-mnist", directory, normalize)
 
 

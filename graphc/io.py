@@ -43,8 +43,11 @@ def _parameters(target) -> list[Parameter]:
 
 def save(path: str | os.PathLike, target, extra: dict | None = None) -> None:
     """Write every parameter of `target` (Graph, Function or parameter list) to `path`,
-    with `extra` (JSON-serialisable: epoch, scheduler state...) alongside."""
+    with `extra` (JSON-serialisable: epoch, scheduler state...) alongside. A path ending in
+    .safetensors writes that format instead (see save_safetensors)."""
     path = os.fspath(path)
+    if _is_safetensors(path):
+        return save_safetensors(path, target, extra)
     params = _parameters(target)
     meta = {"format": FORMAT, "version": VERSION,
             "names": [p.name for p in params], "extra": extra or {}}
@@ -77,8 +80,10 @@ def save(path: str | os.PathLike, target, extra: dict | None = None) -> None:
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict]:
-    """({parameter name: array}, extra) from a checkpoint file."""
+    """({parameter name: array}, extra) from a checkpoint file (.npz or .safetensors)."""
     path = os.fspath(path)
+    if _is_safetensors(path):
+        return read_safetensors(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -126,8 +131,11 @@ def _refuse_pickles(path: str, z) -> None:
 
 def load(path: str | os.PathLike, target, strict: bool = True) -> dict:
     """Restore `target`'s parameters from `path` by name and return the saved `extra`.
-    strict: every parameter must be in the file and every saved value must be used."""
+    strict: every parameter must be in the file and every saved value must be used.
+    A .safetensors path is read by load_safetensors."""
     path = os.fspath(path)
+    if _is_safetensors(path):
+        return load_safetensors(path, target, strict)
     values, extra = read(path)
     params = _parameters(target)
     by_name = {p.name: p for p in params}
@@ -151,4 +159,118 @@ def load(path: str | os.PathLike, target, strict: bool = True) -> dict:
     for name, p in by_name.items():
         if name in values:
             p.assign(values[name])
+    return extra
+
+
+# --- safetensors: the Hugging Face format (no pickle, memory-mapped), torch-compatible ---------
+SAFETENSORS_EXTRA = "graphc_extra"  # the metadata entry holding `extra` as JSON
+# Kept by torch's BatchNorm, not by graphc's: skipped when a torch file is loaded into a model.
+_TORCH_ONLY = ("num_batches_tracked",)
+
+
+def _is_safetensors(path: str) -> bool:
+    return path.endswith(".safetensors")
+
+
+def _safetensors_numpy():
+    try:
+        import safetensors.numpy as st
+    except ImportError:
+        raise CheckpointError("reading and writing .safetensors files needs the safetensors "
+                              "package: pip install safetensors (or graphc[safetensors])") \
+            from None
+    return st
+
+
+def _named(target) -> dict:
+    """{key: parameter}: torch's state_dict keys for a gc.nn model (so the file loads into
+    the same torch module), parameter names for a Graph, Function or parameter list."""
+    from .nn.module import Module
+    if isinstance(target, Module):
+        return dict(target.named_parameters())
+    return {p.name: p for p in _parameters(target)}
+
+
+def save_safetensors(path: str | os.PathLike, target, extra: dict | None = None) -> None:
+    """Write `target`'s parameter values to a .safetensors file, atomically: a gc.nn model
+    by its state_dict keys ("0.weight"), anything else by parameter name; `extra` goes into
+    the metadata as JSON."""
+    path = os.fspath(path)
+    st = _safetensors_numpy()
+    try:
+        meta = {SAFETENSORS_EXTRA: json.dumps(extra or {})}
+    except TypeError as e:
+        raise CheckpointError(f"save: `extra` must be JSON-serialisable ({e})") from e
+    tensors = {k: np.asarray(p.value, order="C") for k, p in _named(target).items()}
+    _write_atomically(path, st.save(tensors, metadata=meta))
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """path holds either its old content or all of `data`, whatever happens meanwhile."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".graphc-ckpt-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def read_safetensors(path: str | os.PathLike) -> tuple[dict, dict]:
+    """({key: array}, extra) from a .safetensors file (memory-mapped while it is read)."""
+    path = os.fspath(path)
+    _safetensors_numpy()
+    from safetensors import safe_open
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with safe_open(path, framework="numpy") as f:
+            values = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata() or {}
+        extra = json.loads(meta.get(SAFETENSORS_EXTRA, "{}"))
+    except Exception as e:  # safetensors raises its own error types (Rust-side) or OSError
+        raise CheckpointError(f"{path}: truncated or not a safetensors file "
+                              f"({type(e).__name__}: {e})") from e
+    return values, extra
+
+
+def load_safetensors(path: str | os.PathLike, target, strict: bool = True) -> dict:
+    """Assign `target`'s parameters from a .safetensors file (keys as save_safetensors
+    writes them, so a torch module's state_dict file loads into the same gc.nn model) and
+    return the saved `extra` ({} for files graphc did not write)."""
+    path = os.fspath(path)
+    values, extra = read_safetensors(path)
+    params = _named(target)
+    from .nn.module import Module
+    if isinstance(target, Module):
+        values = {k: v for k, v in values.items() if k.rsplit(".", 1)[-1] not in _TORCH_ONLY}
+    missing = sorted(set(params) - set(values))
+    unused = sorted(set(values) - set(params))
+    if strict and (missing or unused):
+        raise CheckpointMismatchError(
+            f"{path} does not match the {'model' if isinstance(target, Module) else 'graph'}: "
+            f"missing {missing}, not in it {unused} (load(..., strict=False) restores the "
+            f"parameters present in both)")
+    for key, p in params.items():
+        v = values.get(key)
+        if v is not None and (v.shape != p.shape or not np.can_cast(v.dtype, p.dtype,
+                                                                     "same_kind")):
+            raise CheckpointError(f"{path}: '{key}' is saved as {v.shape} {v.dtype} but the "
+                                  f"parameter is {p.shape} {p.dtype}")
+    for key, p in params.items():
+        if key in values:
+            p.value = values[key]
     return extra

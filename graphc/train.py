@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,17 +46,20 @@ METRICS = {"accuracy": accuracy}
 
 @dataclass
 class History:
-    """Per-epoch figures (`history["loss"]`, `history["val_accuracy"]`, ...) and the compiled
-    functions fit made (`step`, `evaluate`), for reuse after training."""
+    """Per-epoch figures (`history["loss"]`, `history["val_accuracy"]`, ...), the epochs
+    they belong to, each epoch's wall time in seconds (`times`: training, validation and
+    the schedule step), and the compiled functions fit made (`step`, `evaluate`)."""
 
     history: dict = field(default_factory=dict)
     epochs: list = field(default_factory=list)
+    times: list = field(default_factory=list)
     step: Function | None = None
     evaluate: Callable | None = None
     stopped_early: bool = False
 
-    def log(self, epoch: int, logs: dict) -> None:
+    def log(self, epoch: int, logs: dict, seconds: float | None = None) -> None:
         self.epochs.append(epoch)
+        self.times.append(seconds)
         for k, v in logs.items():
             self.history.setdefault(k, []).append(v)
 
@@ -317,6 +321,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
     for cb in callbacks:
         cb.on_train_begin(trainer)
     for epoch in range(initial_epoch, epochs):
+        started = time.perf_counter()
         rng = np.random.default_rng([seed, epoch])
         total, count, correct, skip = 0.0, 0, {k: 0.0 for k in metric_fns}, 0
         if resumed is not None and epoch == initial_epoch:  # the batches before the save
@@ -354,10 +359,11 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
         if schedule is not None:
             logs["lr"] = schedule.optimizer.lr
             schedule.step()
-        history.log(epoch, logs)
+        history.log(epoch, logs, time.perf_counter() - started)
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{epochs}: " +
-                       "  ".join(f"{k} {v:.4g}" for k, v in logs.items()), file=sys.stderr)
+                       "  ".join(f"{k} {v:.4g}" for k, v in logs.items()) +
+                       f"  ({history.times[-1]:.1f} s)", file=sys.stderr)
         stop = False
         for cb in callbacks:
             stop = bool(cb.on_epoch_end(epoch, logs, trainer)) or stop

@@ -583,6 +583,22 @@ def embedding(b: Builder):
     return b.add(gc.ops.embedding(ids, w))
 
 
+@family("gather")
+def gather(b: Builder):
+    """torch.gather (an index no larger than the input off the axis) or
+    numpy.take_along_axis (index and input broadcast against each other)."""
+    x = b.pick(min_ndim=1)
+    shape = b.shape(x)
+    axis = b.src.int(0, len(shape) - 1)
+    torch_rule = b.src.bool()
+    dims = tuple(b.src.int(1, 3) if d == axis else b.src.int(1, n) if torch_rule
+                 else b.src.choice([n, 1]) for d, n in enumerate(shape))
+    index = b.labels(dims, shape[axis])
+    if torch_rule:
+        return b.add(gc.gather(x, axis, index))
+    return b.add(gc.take_along_axis(x, index, axis))
+
+
 @family("random_uniform")
 def random(b: Builder):
     """Counter-based randomness: a pure function of the graph's counter, which the tests
@@ -629,7 +645,7 @@ VIA_GRADIENTS = {
     "sum_to_like", "broadcast_like", "reshape_like", "zeros_like", "getitem_grad",
     "scatter_slices", "conv2d_input_grad", "conv2d_weight_grad", "max_pool2d_grad",
     "max_pool2d_gather", "avg_pool2d_grad", "softmax_cross_entropy_backward",
-    "embedding_grad", "count",
+    "embedding_grad", "count", "scatter_add",
 }
 LEAVES = {"placeholder", "parameter", "constant"}
 EXCLUDED: dict = {}  # op name -> why it cannot be fuzzed; none today

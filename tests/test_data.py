@@ -135,3 +135,36 @@ def test_real_text_and_recordings():
     recs = data.wav_folder()
     assert len(recs) == 3000 and {r.rate for r in recs} == {8000}
     assert {r.label for r in recs} == set(range(10))
+
+
+def _write_idx_layout(folder, rng, sizes=(("train", 7), ("t10k", 3))):
+    folder.mkdir()
+    for prefix, n in sizes:
+        images = rng.integers(0, 256, size=(n, 28, 28)).astype(np.uint8)
+        labels = rng.integers(0, 10, size=n).astype(np.uint8)
+        (folder / f"{prefix}-images-idx3-ubyte.gz").write_bytes(
+            gzip.compress(_idx_bytes(images, 0x08)))
+        (folder / f"{prefix}-labels-idx1-ubyte.gz").write_bytes(
+            gzip.compress(_idx_bytes(labels, 0x08)))
+
+
+def test_mnist_from_the_folder_itself_or_its_parent(tmp_path, rng):
+    _write_idx_layout(tmp_path / "mnist", rng)
+    _write_idx_layout(tmp_path / "fashion-mnist", rng, (("train", 5), ("t10k", 2)))
+    for ds in (data.mnist(tmp_path), data.mnist(tmp_path / "mnist"),
+               data.mnist(str(tmp_path / "mnist"))):
+        assert ds["train"][0].shape == (7, 28, 28) and ds["test"][1].shape == (3,)
+    assert data.fashion_mnist(tmp_path / "fashion-mnist")["train"][0].shape == (5, 28, 28)
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    with pytest.raises(gc.DataError, match=r"elsewhere/mnist/train-images-idx3-ubyte\.gz: no "
+                                           r"such file .*pass the folder with the IDX files "
+                                           r"or its parent"):
+        data.mnist(empty)
+
+
+@needs_data
+def test_real_mnist_folder_itself():
+    import os
+    ds = data.mnist(os.path.join(os.environ["GRAPHC_DATA"], "mnist"))
+    assert ds["train"][0].shape == (60000, 28, 28) and ds["test"][0].shape == (10000, 28, 28)

@@ -105,7 +105,8 @@ def test_tensor_misuse_errors():
     with pytest.raises(gc.GraphError, match="truth value"):
         bool(x > 0)
     with pytest.raises(gc.GraphError, match="only basic indexing"):
-        x[np.array([0, 1])]
+        x[1.5]
+    assert x[np.array([0, 1])].shape == (2,)  # integer arrays index as numpy.take (issue 17)
     with gc.Graph():
         y = gc.placeholder("y", (3,))
     with pytest.raises(gc.GraphError, match="different graphs"):

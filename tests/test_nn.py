@@ -67,3 +67,49 @@ def test_conv_layers_match_the_functional_ops(rng):
     np.testing.assert_allclose(got, want.reshape(3, 4), rtol=1e-6)
     with pytest.raises(gc.GraphError, match="conv2d_0: expects NCHW input with 2 channels"):
         conv(gc.placeholder("z", (None, 3, 6, 6)))
+
+
+def test_softmax_layers_and_plain_functions_in_sequential(rng):
+    """The torch MNIST example's head: functions between layers, LogSoftmax at the end;
+    state_dict keys keep torch's positions (a function takes one, as nn.ReLU() does)."""
+    model = gc.nn.Sequential(gc.nn.Dense(4, 6), gc.relu, lambda t: t * 2.0,
+                             gc.nn.Dense(6, 3), gc.nn.LogSoftmax(dim=1))
+    assert list(model.state_dict()) == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    x = gc.placeholder("x", (None, 4))
+    xv = rng.normal(size=(5, 4)).astype(np.float32)
+    d0, d3 = model[0], model[3]
+    h = np.maximum(xv @ d0.weight.value.T + d0.bias.value, 0) * 2.0
+    z = h @ d3.weight.value.T + d3.bias.value
+    want = z - np.log(np.exp(z).sum(1, keepdims=True))
+    got, probs = gc.compile([model(x), gc.nn.Softmax(1)(model(x, training=True))])(x=xv)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(probs, np.exp(want), rtol=1e-5, atol=1e-6)
+    with pytest.raises(gc.GraphError, match=r"Sequential: layer 1 is a int, not a gc\.nn "
+                                            r"module or a function"):
+        gc.nn.Sequential(gc.nn.Dense(2, 2), 3)
+
+
+def test_torch_mnist_example_ports(rng):
+    """The PyTorch MNIST CNN (two convs, dropout, log_softmax + nll_loss), its weights
+    loaded from torch, gives torch's outputs and loss."""
+    torch = pytest.importorskip("torch")
+    tnn = torch.nn
+    net = tnn.Sequential(tnn.Conv2d(1, 4, 3), tnn.ReLU(), tnn.Conv2d(4, 8, 3), tnn.ReLU(),
+                         tnn.MaxPool2d(2), tnn.Dropout(0.25), tnn.Flatten(), tnn.Linear(72, 16),
+                         tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(16, 10), tnn.LogSoftmax(1))
+    nn = gc.nn
+    model = nn.Sequential(nn.Conv2D(1, 4, 3), gc.relu, nn.Conv2D(4, 8, 3), gc.relu,
+                          nn.MaxPool2D(2), nn.Dropout(0.25), nn.Flatten(), nn.Dense(72, 16),
+                          gc.relu, nn.Dropout(0.5), nn.Dense(16, 10), nn.LogSoftmax(dim=1))
+    model.load_state_dict({k: v.detach().numpy() for k, v in net.state_dict().items()})
+    xv = rng.normal(size=(3, 1, 10, 10)).astype(np.float32)
+    yv = np.array([3, 0, 9])
+    x = gc.placeholder("x", (None, 1, 10, 10))
+    y = gc.placeholder("y", (None,), "int64")
+    out = model(x)
+    got, loss = gc.compile([out, gc.nll_loss(out, y)])(x=xv, y=yv)
+    net.eval()
+    want = net(torch.tensor(xv))
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(loss, torch.nn.functional.nll_loss(want, torch.tensor(yv))
+                               .item(), rtol=1e-5)

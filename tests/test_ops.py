@@ -557,6 +557,40 @@ add_cases(
 )
 
 
+
+# gather family: torch.gather, numpy.take_along_axis, integer-array indexing, nll_loss
+def np_gather(x, axis, index):
+    out = np.empty(index.shape)
+    for pos in np.ndindex(index.shape):
+        src = list(pos)
+        src[axis] = index[pos]
+        out[pos] = x[tuple(src)]
+    return out
+
+
+def np_nll(lp, t, reduction="mean"):
+    return np_reduce(-lp[np.arange(len(t)), t], reduction)
+
+
+add_cases(
+    Case("gather_ax1", lambda x, i: gc.gather(x, 1, i), lambda x, i: np_gather(x, 1, i),
+         (N(3, 4), LAB(4, 3, 6))),
+    Case("gather_corner", lambda x, i: gc.gather(x, 0, i), lambda x, i: np_gather(x, 0, i),
+         (N(4, 3), LAB(4, 2, 2))),
+    Case("take_along_axis_bcast", lambda x, i: gc.take_along_axis(x, i, 2),
+         lambda x, i: np_gather(np.broadcast_to(x, (2, 3, 4)), 2, np.broadcast_to(i, (2, 3, 2))),
+         (N(2, 3, 4), LAB(4, 1, 3, 2))),
+    Case("getitem_int_array", lambda x: x[np.array([2, 0, 2])],
+         lambda x: np.stack([x[2], x[0], x[2]]), (N(4, 3),)),
+    Case("getitem_arange_pairs", lambda x, t: x[gc.arange(5), t],
+         lambda x, t: np.array([x[i, t[i]] for i in range(5)]), (N(5, 3), LAB(3, 5))),
+)
+for _red in ("mean", "sum", "none"):
+    add_cases(Case(f"nll_loss_{_red}",
+                   (lambda r: lambda x, t: gc.nll_loss(x, t, reduction=r))(_red),
+                   (lambda r: lambda x, t: np_nll(x, t, r))(_red), (N(5, 4), LAB(4, 5))))
+
+
 def _forward_params():
     out = []
     for c in CASES:
@@ -836,6 +870,8 @@ LOSS2 = [
     ("mse", lambda x, t: gc.mse_loss(gc.tanh(x), t), "n"),
     ("hinge", lambda x, t: gc.hinge_loss(x * x, t), "lab"),
     ("triplet", lambda x, t: gc.triplet_loss(x, t, x[::-1] * 0.5, margin=2.0), "n"),
+    ("nll_loss", lambda x, t: gc.nll_loss(gc.log_softmax(x), t), "lab"),
+    ("nll_loss_of_tanh", lambda x, t: gc.nll_loss(gc.tanh(x), t, reduction="sum"), "lab"),
 ]
 
 

@@ -270,3 +270,43 @@ def test_a_killed_process_resumes_from_its_last_checkpoint(tmp_path):
     assert resumed.epochs == [2] and resumed.history["loss"] == full.history["loss"][2:]
     for name in want:
         np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+class _Recorder(gc.train.Callback):
+    """Every hook fit calls, in order."""
+
+    def __init__(self):
+        self.calls = []
+
+    def on_train_begin(self, trainer):
+        self.calls.append(("begin", trainer.position.get("epoch")))
+
+    def on_batch_end(self, batch, logs, trainer):
+        self.calls.append(("batch", trainer.position["epoch"], batch))
+
+    def on_epoch_end(self, epoch, logs, trainer):
+        self.calls.append(("epoch", epoch, sorted(logs)))
+
+    def on_train_end(self, trainer):
+        self.calls.append(("end",))
+
+
+def test_fit_hooks_initial_epoch_eval_batch_size_and_epoch_times(rng, monkeypatch):
+    x, y = _blobs(rng, 50)
+    rec = _Recorder()
+    eval_sizes = []
+    real_eval = gc.train._run_eval
+
+    def spy(trainer, xs, ys, batch_size, metrics):
+        eval_sizes.append(batch_size)
+        return real_eval(trainer, xs, ys, batch_size, metrics)
+
+    monkeypatch.setattr(gc.train, "_run_eval", spy)
+    h = gc.fit(_blob_model(), (x[:40], y[:40]), epochs=3, initial_epoch=1, batch_size=20,
+               validation=(x[40:], y[40:]), eval_batch_size=4, callbacks=[rec],
+               optimizer=gc.optim.SGD(lr=0.1), progress=False)
+    assert h.epochs == [1, 2] and eval_sizes == [4, 4]
+    keys = ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert rec.calls == [("begin", None), ("batch", 1, 0), ("batch", 1, 1), ("epoch", 1, keys),
+                         ("batch", 2, 0), ("batch", 2, 1), ("epoch", 2, keys), ("end",)]
+    assert len(h.times) == 2 and all(t > 0 for t in h.times)

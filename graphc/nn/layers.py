@@ -1,4 +1,4 @@
-"""Dense, Flatten, Dropout, activations and Sequential."""
+"""Dense, Flatten, Dropout, activations, softmax layers and Sequential."""
 from __future__ import annotations
 
 import math
@@ -76,7 +76,8 @@ def _activation(name):
 
 
 class Activation(Module):
-    """An elementwise function as a layer."""
+    """A function of the input as a layer: an activation name ("relu", "tanh", ...) or any
+    callable tensor -> tensor (Sequential wraps plain functions in one)."""
 
     kind = "activation"
 
@@ -104,14 +105,45 @@ def GELU() -> Activation:  # noqa: N802
     return Activation("gelu")
 
 
+class Softmax(Module):
+    """torch.nn.Softmax(dim): softmax along `dim`."""
+
+    kind = "softmax"
+
+    def __init__(self, dim: int = -1, name: str | None = None):
+        super().__init__(name)
+        self.dim = dim
+
+    def forward(self, x, training):
+        return ops.softmax(x, self.dim)
+
+
+class LogSoftmax(Softmax):
+    """torch.nn.LogSoftmax(dim): log_softmax along `dim` (for nll_loss)."""
+
+    kind = "log_softmax"
+
+    def forward(self, x, training):
+        return ops.log_softmax(x, self.dim)
+
+
+def _as_layer(layer, position: int) -> Module:
+    if isinstance(layer, Module):
+        return layer
+    if callable(layer):
+        return Activation(layer)
+    raise GraphError(f"Sequential: layer {position} is a {type(layer).__name__}, not a gc.nn "
+                     f"module or a function of a tensor")
+
+
 class Sequential(Module):
-    """Layers applied in order."""
+    """Layers applied in order; a plain function (gc.relu, a lambda) counts as a layer."""
 
     kind = "sequential"
 
-    def __init__(self, *layers: Module, name: str | None = None):
+    def __init__(self, *layers, name: str | None = None):
         super().__init__(name)
-        self.layers = list(layers)
+        self.layers = [_as_layer(layer, i) for i, layer in enumerate(layers)]
 
     def children(self):
         return self.layers

@@ -14,3 +14,4 @@ from .random import dropout, random_uniform, sample_categorical  # noqa: F401
 from .conv import avg_pool2d, conv2d, max_pool2d  # noqa: F401
 from .embedding import embedding  # noqa: F401
 from .norm import batch_norm, layer_norm  # noqa: F401
+from .indexing import arange, gather, nll_loss, take_along_axis  # noqa: F401

@@ -251,7 +251,7 @@ def _encode_index(index, ndim):
                 not isinstance(item, (int, np.integer, slice)) and item is not None
                 and item is not Ellipsis):
             raise GraphError(f"only basic indexing (ints, slices, None, ...) is supported, "
-                             f"got {item!r}; use gc.one_hot or a mask for advanced indexing")
+                             f"got {item!r}; integer arrays work too (x[idx], gc.take_along_axis)")
     n_ell = sum(1 for i in index if i is Ellipsis)
     if n_ell > 1:
         raise GraphError("an index can only have one ellipsis (...)")
@@ -350,8 +350,12 @@ def _getitem_grad(g, x, index):
 
 
 def getitem(x, index) -> Tensor:
-    """Basic NumPy slicing: ints, slices, None and Ellipsis."""
+    """Basic NumPy slicing: ints, slices, None and Ellipsis; integer arrays go to
+    indexing.index_with_arrays."""
     x = lift(x)
+    from . import indexing
+    if indexing.is_array_index(index):
+        return indexing.index_with_arrays(x, index)
     code = _encode_index(index, x.ndim)
     if all(c == ("s", None, None, None) for c in code) and len(code) == x.ndim:
         return x
