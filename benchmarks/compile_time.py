@@ -9,7 +9,7 @@ plus what its first call takes beyond the median step measured right after it (N
 compiling or loading its kernels), so it is the cost a user waits for beyond the step
 itself. Numba's own import and first-use initialisation are reported apart: a fresh
 process pays them once, whatever it compiles.
-Run: python -m benchmarks.compile_time [--workload mlp-m] [--repeats 3]"""
+Run: python -m benchmarks.compile_time [--workload mlp-m] [--repeats 3] [--backend numpy]"""
 from __future__ import annotations
 
 import argparse
@@ -39,11 +39,12 @@ if numba_cpu.available():
 from benchmarks.workloads import WORKLOADS, make_data
 from benchmarks.systems.graphc_sys import build_step
 workload = WORKLOADS[sys.argv[1]]
+backend = sys.argv[2]
 data = make_data(workload)
 
 def first_call():
     t = time.perf_counter()
-    fn, feeds = build_step(workload, data)
+    fn, feeds = build_step(workload, data, backend)
     fn.bound_plan(**{name: value.shape for name, value in feeds.items()})
     planned = time.perf_counter() - t  # graph, passes, plan, fusion, kernels printed/loaded
     t = time.perf_counter()
@@ -63,22 +64,22 @@ print(json.dumps({"numba_init": numba_init, "fresh": fresh, "in_process": again}
 """
 
 
-def _child(workload: str, cache: str) -> dict:
+def _child(workload: str, cache: str, backend: str) -> dict:
     env = dict(os.environ, GRAPHC_CACHE_DIR=cache)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
-    out = subprocess.run([sys.executable, "-c", _CHILD, workload], env=env, check=True,
+    out = subprocess.run([sys.executable, "-c", _CHILD, workload, backend], env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(workload: str = "mlp-m", repeats: int = 3) -> dict:
+def measure(workload: str = "mlp-m", repeats: int = 3, backend: str = "numpy") -> dict:
     """Median seconds over `repeats` for cold, disk-cache and in-process compiles."""
     cold, disk, again, init = [], [], [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as cache:
-            first = _child(workload, cache)
-            second = _child(workload, cache)
+            first = _child(workload, cache, backend)
+            second = _child(workload, cache, backend)
         cold.append(first["fresh"])
         disk.append(second["fresh"])
         again += [first["in_process"], second["in_process"]]
@@ -92,10 +93,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workload", default="mlp-m")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--backend", default="numpy")
     args = parser.parse_args(argv)
     t = time.perf_counter()
-    r = measure(args.workload, args.repeats)
-    print(f"compile time of the {r['workload']} step (median of {args.repeats}, "
+    r = measure(args.workload, args.repeats, args.backend)
+    print(f"compile time of the {r['workload']} step on {args.backend} (median of {args.repeats}, "
           f"beyond one step):")
     print(f"  cold (fresh process, empty kernel cache): {r['cold_s'] * 1e3:8.1f} ms")
     print(f"  disk cache (fresh process):               {r['disk_cache_s'] * 1e3:8.1f} ms")

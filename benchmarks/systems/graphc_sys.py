@@ -6,7 +6,8 @@ import numpy as np
 import graphc as gc
 
 from ..workloads import apply_chain
-from . import TRAINING_KINDS, Runner, System, adam_fingerprint, gradient_fingerprint
+from . import (TRAINING_KINDS, Runner, System, Unavailable, adam_fingerprint,
+               gradient_fingerprint)
 
 ACTIVATIONS = {"relu": gc.relu, "tanh": gc.tanh}
 
@@ -115,4 +116,45 @@ class GraphcNumpy(System):
         return GraphcRunner(workload, data, "numpy")
 
 
-SYSTEMS = [GraphcNumpy]
+class GraphcCudaRunner(GraphcRunner):
+    """The step on the CUDA backend, its feeds held on the device as the peers' are."""
+
+    def __init__(self, workload, data, backend):
+        import cupy
+        super().__init__(workload, data, backend)
+        self.feeds = {k: cupy.asarray(v) for k, v in self.feeds.items()}
+        self.runtime = gc.backends.get("cuda").runtime
+
+    def sync(self):
+        self.runtime.synchronize()
+
+    def fingerprint(self):
+        self.sync()
+        if self.kind == "adam":
+            return adam_fingerprint([p.value for p in self.fn.params], self.grads)
+        if self.kind in TRAINING_KINDS:
+            return np.array([float(self.out)])
+        loss, grad = (self.runtime.to_host(o) for o in self.out)
+        return gradient_fingerprint(loss, grad)
+
+    def device_bytes(self):
+        import cupy
+        return int(cupy.get_default_memory_pool().total_bytes())
+
+
+class GraphcCuda(System):
+    name = "graphc-cuda"
+    device = "gpu"
+
+    def check(self):
+        why = gc.backends.availability("cuda")
+        if why is not None:
+            raise Unavailable(why)
+        if gc.backends.get("cuda").runtime.simulated:
+            raise Unavailable("the CUDA backend runs in Numba's simulator here: not timed")
+
+    def build(self, workload, data):
+        return GraphcCudaRunner(workload, data, "cuda")
+
+
+SYSTEMS = [GraphcNumpy, GraphcCuda]
