@@ -1,7 +1,8 @@
 """python -m benchmarks: graphc against NumPy, PyTorch and JAX on the hardware present.
 
-Runs every workload on every available system and device, checks that the systems agree
-on the step before timing them, prints a table (ms per step, ratio to graphc), runs the
+Runs every workload on every available system and device, each system in its own worker
+process, checks that the systems agree on the step before timing them, prints a table (ms per
+step, ratio to graphc), runs the
 scaling sweeps, and writes JSON, a PNG of the sweeps and (after a full run) RESULTS.md."""
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import argparse
 import os
 import sys
 
+import numpy as np
+
 from . import machine, report, sweeps
 from .suite import Timing, run_workload
 from .systems import all_systems
+from .worker import WorkerDied, WorkerPool
 from .workloads import QUICK, WORKLOADS
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,22 +37,27 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def _reference(w):
-    """The step's fingerprint from hand-written float32 NumPy, the trusted reference."""
+def _reference(w, pool):
+    """The step's fingerprint from hand-written float32 NumPy (the trusted reference),
+    computed in numpy-naive's worker process; None when it cannot run it."""
+    from .suite import AGREE_STEPS
+    from .systems.numpy_sys import NumpyNaive
+    worker = pool.get(NumpyNaive())
     try:
-        from .systems.numpy_sys import NumpyNaive
-    except ImportError:
+        got = worker.call("build", w, AGREE_STEPS)
+        worker.call("release")
+    except (RuntimeError, WorkerDied):
         return None  # then the first system that runs is the reference
-    from .suite import AGREE_STEPS, _fingerprints
-    from .workloads import make_data
-    if not NumpyNaive().supports(w):
-        return None
-    runner = NumpyNaive().build(w, make_data(w))
-    return _fingerprints(runner, AGREE_STEPS)
+    return np.array(got["fingerprint"]) if got["status"] == "ok" else None
 
 
 def main(argv=None) -> int:
     args = parse(argv)
+    with WorkerPool() as pool:
+        return _run(args, pool)
+
+
+def _run(args, pool) -> int:
     table = QUICK if args.quick else WORKLOADS
     names = args.workload or list(table)
     unknown = [n for n in names if n not in table]
@@ -59,7 +68,8 @@ def main(argv=None) -> int:
     if "gpu" in devices and not machine.gpu_available():
         print("no GPU is visible here: skipping --device gpu")
         devices = [d for d in devices if d != "gpu"]
-    timing = Timing(min_samples=3, max_samples=10, budget_s=0.5) if args.quick else Timing()
+    quick_timing = Timing(min_samples=3, max_samples=10, budget_s=0.5)
+    timing = quick_timing if args.quick else Timing()
     systems = all_systems()
     if args.system:
         systems = [s for s in systems if s.name in args.system]
@@ -78,8 +88,9 @@ def main(argv=None) -> int:
             if device not in w.devices:
                 continue
             print(f"  {name}: {w.description}")
-            ref = _reference(w)
-            rep["results"] += run_workload(w, device, dev_systems, ceil, timing, ref)
+            ref = _reference(w, pool)
+            rep["results"] += run_workload(w, device, dev_systems, ceil, timing, ref,
+                                           pool=pool)
         print()
         print(report.main_table(rep["results"], device))
         if not args.no_sweeps:
@@ -89,8 +100,10 @@ def main(argv=None) -> int:
                          for s in dev_systems if s.name == pref), None)
             sweep_systems = graphc_like + ([peer] if peer else [])
             rep["sweeps"][device] = {
-                "batch": sweeps.batch_sweep(device, sweep_systems, ceil, args.quick),
-                "depth": sweeps.depth_sweep(device, sweep_systems, ceil, args.quick),
+                "batch": sweeps.batch_sweep(device, sweep_systems, ceil, args.quick,
+                                            pool=pool),
+                "depth": sweeps.depth_sweep(device, sweep_systems, ceil, args.quick,
+                                            pool=pool),
                 "compile": sweeps.compile_sweep(args.quick,
                                                 "numpy" if device == "cpu" else "cupy"),
             }

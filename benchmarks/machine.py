@@ -132,3 +132,15 @@ def _status_bytes(key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def available_bytes() -> int:
+    """Memory the system could still hand out (MemAvailable), in bytes (8 GiB where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30

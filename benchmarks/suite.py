@@ -1,7 +1,7 @@
-"""Running the suite: build every system's step, check they agree, time them interleaved."""
+"""Running the suite: build every system's step in its own worker process, check they agree
+across processes, time them in interleaved rounds."""
 from __future__ import annotations
 
-import gc as _pygc
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import machine
-from .systems import TRAINING_KINDS, System, Unavailable
-from .workloads import Workload, make_data
+from .systems import TRAINING_KINDS, System
+from .worker import WorkerDied, WorkerPool, _fingerprints, _sample  # noqa: F401 (re-exported)
+from .workloads import Workload
 
 AGREE_STEPS = 3
 
@@ -37,6 +38,8 @@ class Result:
     compile_s: float | None = None
     fingerprint: list = field(default_factory=list)
     tf32: bool = False
+    round_ms: list = field(default_factory=list)  # one sample per interleaved round
+    spread: float | None = None  # (max - min) / median over the rounds
 
 
 def fingerprint_width(w: Workload) -> int:
@@ -61,114 +64,135 @@ def agrees(ref: np.ndarray, got: np.ndarray, tf32: bool, width: int = 1) -> bool
     return True
 
 
-def _fingerprints(runner, steps: int) -> np.ndarray:
-    out = []
-    for _ in range(steps):
-        runner.step()
-        out.append(runner.fingerprint())
-    return np.concatenate(out)
-
-
-def _sample(runner, inner: int) -> float:
-    """Seconds per step over `inner` steps, synchronized at both ends."""
-    runner.sync()
-    t0 = time.perf_counter()
-    for _ in range(inner):
-        runner.step()
-    runner.sync()
-    return (time.perf_counter() - t0) / inner
-
-
 @dataclass
 class Timing:
     min_samples: int = 5
     max_samples: int = 50
     budget_s: float = 2.0  # per system and workload
     sample_s: float = 0.002  # a sample spans at least this long (many steps when tiny)
+    # A pause before each sample: the previous worker's BLAS/OpenMP threads spin for up to
+    # ~0.1 s after its last step and would steal a core from the next worker.
+    settle_s: float = 0.2
 
 
 def run_workload(w: Workload, device: str, systems: list[System], ceilings: dict,
-                 timing: Timing, reference: np.ndarray | None, log=print) -> list[Result]:
-    """Build, agree-check and time every system on one workload; interleaved rounds."""
-    data = make_data(w)
+                 timing: Timing, reference: np.ndarray | None, log=print,
+                 pool: WorkerPool | None = None) -> list[Result]:
+    """Build, agree-check and time every system on one workload, each in its own worker
+    process (from `pool`, or a pool of its own), in interleaved rounds."""
+    if pool is None:
+        with WorkerPool() as own:
+            return run_workload(w, device, systems, ceilings, timing, reference, log, own)
     results, live = [], []
-    # Big CPU steps are timed one system at a time so their buffers never coexist in RAM.
-    sequential = device == "cpu" and w.bytes_moved() > 5e8
+    sequential = _sequential(w, device, len(systems))
     for s in systems:
         r = Result(w.name, s.name, device, tf32=s.tf32)
         results.append(r)
-        try:
-            s.check()
-            if not s.supports(w):
-                raise Unavailable(f"does not implement {w.kind}")
-            rss0 = machine.reset_peak_rss()
-            t0 = time.perf_counter()
-            runner = s.build(w, data)
-            runner.step()
-            runner.sync()
-            r.compile_s = time.perf_counter() - t0
-            fp = np.concatenate([runner.fingerprint(), _fingerprints(runner, AGREE_STEPS - 1)])
-            r.fingerprint = [float(v) for v in fp]
-            dev = runner.device_bytes()
-            if dev is not None:
-                r.peak_memory_bytes, r.memory_kind = dev, "device pool"
-            else:  # measured now, before other systems run: the peak of build + 3 steps
-                r.peak_memory_bytes, r.memory_kind = max(0, machine.peak_rss() - rss0), "host RSS"
-        except Unavailable as e:
-            r.status, r.reason = "skipped", str(e)
-            continue
-        except Exception as e:  # a broken peer must not stop the suite
-            r.status, r.reason = "failed", f"{type(e).__name__}: {e}"[:300]
+        worker = _build(r, s, w, pool)
+        if worker is None:
             continue
         if s.floor:
             pass
         elif reference is None:
-            reference = fp
-        elif not agrees(reference, fp, s.tf32, fingerprint_width(w)):
+            reference = np.array(r.fingerprint)
+        elif not agrees(reference, np.array(r.fingerprint), s.tf32, fingerprint_width(w)):
             r.status = "disagrees"
-            r.reason = f"fingerprint {np.round(fp, 6).tolist()} vs {np.round(reference, 6).tolist()}"
+            r.reason = (f"fingerprint {np.round(r.fingerprint, 6).tolist()} vs "
+                        f"{np.round(reference, 6).tolist()}")
+            _release(worker)
             continue
         if sequential:
-            _time_interleaved([(r, runner)], w, device, ceilings, timing)
-            del runner
-            _pygc.collect()
+            _time_interleaved([(r, worker)], w, ceilings, timing)
+            _release(worker)
         else:
-            live.append((r, runner))
-    _time_interleaved(live, w, device, ceilings, timing)
+            live.append((r, worker))
+    _time_interleaved(live, w, ceilings, timing)
+    for _, worker in live:
+        _release(worker)
     for r in results:
         if r.status != "ok" and log:
             log(f"    {w.name:<14} {r.system:<18} {r.status}: {r.reason}")
-    del live
-    _pygc.collect()
     return results
 
 
-def _time_interleaved(live, w: Workload, device: str, ceilings: dict, timing: Timing) -> None:
+def _sequential(w: Workload, device: str, n_systems: int) -> bool:
+    """Big CPU steps are timed one system at a time when all their buffers would not fit
+    in half the memory available."""
+    if device != "cpu":
+        return False
+    return w.bytes_moved() * n_systems > 0.5 * machine.available_bytes()
+
+
+def _build(r: Result, s: System, w: Workload, pool: WorkerPool):
+    """Build `s` on `w` in its worker, filling `r`; the worker, or None when not timed."""
+    try:
+        worker = pool.get(s)
+        got = worker.call("build", w, AGREE_STEPS)
+    except (RuntimeError, WorkerDied) as e:  # a broken peer must not stop the suite
+        r.status, r.reason = "failed", str(e)[:300]
+        return None
+    if got["status"] != "ok":
+        r.status, r.reason = got["status"], got["reason"]
+        return None
+    r.compile_s, r.fingerprint = got["compile_s"], got["fingerprint"]
+    r.peak_memory_bytes, r.memory_kind = got["peak_memory_bytes"], got["memory_kind"]
+    return worker
+
+
+def _release(worker) -> None:
+    try:
+        worker.call("release")
+    except (RuntimeError, WorkerDied):
+        pass
+
+
+def _time_interleaved(live, w: Workload, ceilings: dict, timing: Timing) -> None:
+    """Rounds of one sample per system, one system at a time, the order rotating each
+    round so drift hits every system alike."""
+    inner, samples = {}, {}
+    for r, worker in list(live):
+        try:
+            one = worker.call("sample", 1)
+        except (RuntimeError, WorkerDied) as e:
+            r.status, r.reason = "failed", str(e)[:300]
+            live.remove((r, worker))
+            continue
+        inner[id(r)] = max(1, min(1000, int(timing.sample_s / max(one, 1e-7))))
+        samples[id(r)] = []
     if not live:
         return
-    inner = {}
-    for r, runner in live:
-        one = _sample(runner, 1)
-        inner[id(r)] = max(1, min(1000, int(timing.sample_s / max(one, 1e-7))))
-    samples = {id(r): [] for r, _ in live}
     deadline = time.perf_counter() + timing.budget_s * len(live)
     rounds = 0
     while rounds < timing.max_samples:
-        for r, runner in live:
-            samples[id(r)].append(_sample(runner, inner[id(r)]))
+        k = rounds % len(live)
+        for r, worker in live[k:] + live[:k]:
+            if r.status != "ok":
+                continue
+            if len(live) > 1:
+                time.sleep(timing.settle_s)
+            try:
+                samples[id(r)].append(worker.call("sample", inner[id(r)]))
+            except (RuntimeError, WorkerDied) as e:
+                r.status, r.reason = "failed", str(e)[:300]
         rounds += 1
         if rounds >= timing.min_samples and time.perf_counter() > deadline:
             break
-    for r, runner in live:
-        xs = samples[id(r)]
-        med = statistics.median(xs)
-        r.median_ms, r.min_ms, r.max_ms = med * 1e3, min(xs) * 1e3, max(xs) * 1e3
-        r.samples = len(xs)
-        r.samples_per_s = w.samples() / med
-        if w.flops():
-            r.tflops = w.flops() / med / 1e12
-            r.flop_floor_ratio = med / (w.flops() / ceilings["matmul_flops"])
-        if w.bytes_moved():
-            r.bytes_floor_ratio = med / (w.bytes_moved() / ceilings["copy_bytes_per_s"])
-        if r.memory_kind == "device pool":
-            r.peak_memory_bytes = runner.device_bytes()
+    for r, worker in live:
+        if r.status == "ok":
+            _summarize(r, samples[id(r)], w, ceilings)
+            if r.memory_kind == "device pool":
+                r.peak_memory_bytes = worker.call("device_bytes")
+
+
+def _summarize(r: Result, xs: list, w: Workload, ceilings: dict) -> None:
+    med = statistics.median(xs)
+    r.round_ms = [x * 1e3 for x in xs]
+    r.median_ms, r.min_ms, r.max_ms = med * 1e3, min(xs) * 1e3, max(xs) * 1e3
+    r.spread = (max(xs) - min(xs)) / med
+    r.samples = len(xs)
+    r.samples_per_s = w.samples() / med
+    if w.flops():
+        r.tflops = w.flops() / med / 1e12
+        r.flop_floor_ratio = med / (w.flops() / ceilings["matmul_flops"])
+    if w.bytes_moved():
+        r.bytes_floor_ratio = med / (w.bytes_moved() / ceilings["copy_bytes_per_s"])

@@ -26,11 +26,12 @@ def fit_exponent(xs, ys) -> float | None:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def _step_sweep(base, variants, device, systems, ceilings, log) -> dict:
+def _step_sweep(base, variants, device, systems, ceilings, log, pool) -> dict:
     timing = Timing(min_samples=3, max_samples=15, budget_s=0.4)
     series: dict[str, list] = {s.name: [] for s in systems}
     for x, w in variants:
-        for r in run_workload(w, device, systems, ceilings, timing, None, log=None):
+        for r in run_workload(w, device, systems, ceilings, timing, None, log=None,
+                              pool=pool):
             series[r.system].append((x, r.median_ms))
     out = {}
     for name, pts in series.items():
@@ -49,18 +50,18 @@ def _f(v):
     return "n/a" if v is None else f"{v:.2f}"
 
 
-def batch_sweep(device, systems, ceilings, quick, log=print) -> dict:
+def batch_sweep(device, systems, ceilings, quick, log=print, pool=None) -> dict:
     base = WORKLOADS["mlp-m"]
     batches = QUICK_BATCHES if quick else BATCHES
     return _step_sweep("batch", [(b, base.with_batch(b)) for b in batches], device, systems,
-                       ceilings, log)
+                       ceilings, log, pool)
 
 
-def depth_sweep(device, systems, ceilings, quick, log=print) -> dict:
+def depth_sweep(device, systems, ceilings, quick, log=print, pool=None) -> dict:
     base = WORKLOADS["deep-narrow"]
     depths = QUICK_DEPTHS if quick else DEPTHS
     return _step_sweep("depth", [(d, base.with_depth(d)) for d in depths], device, systems,
-                       ceilings, log)
+                       ceilings, log, pool)
 
 
 def compile_sweep(quick, backend="numpy", log=print) -> dict:

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 def parser(description: str, epochs: int) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--backend", default="numpy", help="numpy (CPU) or auto")
+    p.add_argument("--backend", default="numpy", help="numpy (CPU), cuda (GPU) or auto")
     p.add_argument("--data", default=None, help="data directory (default: $GRAPHC_DATA)")
     p.add_argument("--plot", default=None, help="loss-curve PNG (default: <example>.png)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

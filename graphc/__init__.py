@@ -10,6 +10,7 @@ from .data import DataError  # noqa: F401
 from .function import Function, compile
 from .io import CheckpointError, load, save  # noqa: F401
 from .onnx_export import export_onnx  # noqa: F401
+from .info import info  # noqa: F401
 from .train import fit  # noqa: F401
 from .graph import (Graph, Parameter, Placeholder, Tensor, constant,  # noqa: F401
                     get_default_graph, parameter, placeholder, reset_default_graph)

@@ -30,8 +30,6 @@ def grad(y: Tensor, xs, grad_output=None):
         raise GraphError(f"grad: y must be a tensor, got {y!r}")
     targets, rebuild = flatten_structure(xs, "grad: wrt")
     for x in targets:
-        if not isinstance(x, Tensor):
-            raise GraphError(f"grad: wrt entries must be tensors, got {x!r}")
         if not _dt.is_float(x.dtype):
             raise GradientError(f"cannot differentiate with respect to {x.describe()}: its "
                                 f"dtype {x.dtype} is not floating point, so it has no gradient")
@@ -119,18 +117,35 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
         mms = [t.inputs[0] if outer else t for t in group]
         if len(mms) < 2 or len({(m.dtype, m.shape) for m in mms}) != 1:
             continue
-        if any(m.inputs[1].shape[0] is None for m in mms):
-            # stacking along an unbound axis: concat could not be differentiated again
-            continue
         lhs = [m.inputs[0] for m in mms]
         if all(is_t(a) for a in lhs):
-            a = transpose(concat([a.inputs[0] for a in lhs], axis=0))
-        else:
+            a = _stack_rows([a.inputs[0] for a in lhs])
+            a = None if a is None else transpose(a)
+        elif all(x.shape[1] is not None for x in lhs):
             a = concat(lhs, axis=1)
-        merged = matmul(a, concat([m.inputs[1] for m in mms], axis=0))
+        else:
+            a = None  # A_t untransposed over an unbound inner axis: left as a sum
+        b = _stack_rows([m.inputs[1] for m in mms])
+        if a is None or b is None:
+            continue
+        merged = matmul(a, b)
         kept = [t for t in terms if not any(t is g for g in group)]
         terms = kept + [transpose(merged) if outer else merged]
     return terms
+
+
+def _stack_rows(xs: list[Tensor]) -> Tensor | None:
+    """[x_1; ...; x_T] along axis 0, or None. Over an unbound axis (a batch of None rows)
+    as a stack on a new static axis, reshaped, when every x has the same shape: concat
+    along an unbound axis has no static slices for its gradient, the stack and the reshape
+    do."""
+    from .ops import concat, expand_dims, reshape
+    if all(x.shape[0] is not None for x in xs):
+        return concat(xs, axis=0)
+    if len({tuple(x.shape) for x in xs}) != 1:
+        return None
+    stacked = concat([expand_dims(x, 0) for x in xs], axis=0)
+    return reshape(stacked, (-1,) + tuple(xs[0].shape[1:]))
 
 
 def _merge_slice_gradients(terms: list[Tensor]) -> list[Tensor]:

@@ -33,7 +33,8 @@ def _index_checks(plan) -> list:
 class Feeds:
     """The placeholders a plan reads and the checks a call's feeds must pass."""
 
-    def __init__(self, plan, graph):
+    def __init__(self, plan, graph, device: str = "host"):
+        self.device = device  # the backend runtime's device: "host" reads host memory only
         self.placeholders = [ph for ph, _ in plan.feeds]
         self._by_name = {ph.name: ph for ph in self.placeholders}
         self._graph_names = graph._names if graph is not None else {}
@@ -58,7 +59,7 @@ class Feeds:
 
     def arrays(self, given: dict) -> list:
         """One checked array per placeholder, in plan order."""
-        return [convert(ph, given[ph]) for ph in self.placeholders]
+        return [convert(ph, given[ph], self.device) for ph in self.placeholders]
 
     def _lookup(self, key):
         if isinstance(key, Tensor):
@@ -93,9 +94,16 @@ class Feeds:
                                 f"{ids.max()}]), read by {step.op.name}{where}")
 
 
-def convert(ph: Placeholder, value) -> np.ndarray:
-    """The fed value as an array of the placeholder's dtype and shape, or a FeedError."""
-    arr = np.asarray(value)
+_HOST_DLPACK = (1, 3)  # DLPack device types in host memory: kDLCPU, kDLCUDAHost (pinned)
+_DLPACK_NAMES = {2: "CUDA", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 10: "ROCm",
+                 13: "CUDA managed", 14: "oneAPI"}
+
+
+def convert(ph: Placeholder, value, device: str = "host") -> np.ndarray:
+    """The fed value as an array of the placeholder's dtype and shape, or a FeedError. A
+    device array (CuPy, anything with __cuda_array_interface__) stays on its device; a host
+    DLPack producer (torch, JAX CPU arrays) is read without a copy."""
+    arr = _as_array(ph, value, device)
     if arr.dtype != ph.dtype:
         if not _dt.can_feed(arr.dtype, ph.dtype):
             raise FeedError(f"placeholder '{ph.name}' is {ph.dtype}; cannot convert fed "
@@ -111,3 +119,36 @@ def convert(ph: Placeholder, value) -> np.ndarray:
         raise FeedError(f"placeholder '{ph.name}' expects shape {format_shape(ph.shape)}, "
                         f"got {format_shape(arr.shape)}")
     return arr
+
+
+def _as_array(ph: Placeholder, value, device: str):
+    """The fed value as an array the backend of `device` reads, copied only where NumPy's
+    asarray would copy it too."""
+    on_device = hasattr(value, "__cuda_array_interface__") or _dlpack_device(value) not in (
+        None, *_HOST_DLPACK)
+    if on_device:
+        if device != "host":
+            return value
+        kind = _DLPACK_NAMES.get(_dlpack_device(value), "GPU")
+        raise FeedError(f"placeholder '{ph.name}' was fed a {type(value).__name__} in {kind} "
+                        f"device memory; this function runs on the CPU backend, which reads "
+                        f"host memory: move it to the CPU first (torch: t.cpu(), CuPy: "
+                        f"a.get(), JAX: jax.device_get(a)) or compile with backend=\"cuda\"")
+    if isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__"):
+        return np.asarray(value)
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError) as e:
+        raise FeedError(f"placeholder '{ph.name}': cannot read the fed "
+                        f"{type(value).__name__} through DLPack: {e}") from e
+
+
+def _dlpack_device(value) -> int | None:
+    """The DLPack device type of `value`, or None if it is no DLPack producer."""
+    probe = getattr(value, "__dlpack_device__", None)
+    if probe is None or isinstance(value, np.ndarray):
+        return None
+    try:
+        return int(probe()[0])
+    except Exception:  # a producer that cannot say: treat it as host memory
+        return None

@@ -7,6 +7,8 @@ import threading
 import weakref
 from typing import Any
 
+import numpy as np
+
 from . import backends as _backends
 from . import memory as _memory
 from .errors import CompileError, ResourceError
@@ -67,9 +69,6 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str |
         memory_limit = _memory.parse_bytes(memory_limit)
     pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
     flat, rebuild = flatten_structure(outputs, "compile: outputs", CompileError)
-    for t in flat:
-        if not isinstance(t, Tensor):
-            raise CompileError(f"compile: outputs must be tensors, got {t!r}")
     updates = dict(updates or {})
     all_tensors = flat + [k for k in updates if isinstance(k, Tensor)]
     if not all_tensors and optimizer is None:
@@ -137,7 +136,7 @@ class Function:
         self._memory_limit = memory_limit
         self._rebuild = rebuild
         self.graph = plan.nodes[0].graph if plan.nodes else None
-        self._feeds = Feeds(plan, self.graph)
+        self._feeds = Feeds(plan, self.graph, self._backend.runtime.device)
         placeholders = self._feeds.placeholders
         self._dynamic = [i for i, ph in enumerate(placeholders) if None in ph.shape]
         self._compiled: dict = {}  # bound None sizes -> (bound plan, step function)
@@ -147,6 +146,7 @@ class Function:
         self._updated = list(dict.fromkeys(p for p, _ in plan.updates))
         self._optimizer = optimizer
         self.aux_outputs = None  # what an optimizer's extra step returned (Sophia)
+        self._epoch = None  # the graph's storage epoch the compiled entries were bound at
 
     @property
     def plan(self):
@@ -161,6 +161,10 @@ class Function:
 
     # --- running -------------------------------------------------------------------------
     def _compiled_for(self, shapes: list):
+        epoch = self.graph._storage_epoch if self.graph is not None else 0
+        if epoch != self._epoch:  # a parameter moved to another runtime: bind again
+            self._compiled.clear()
+            self._watches.clear()
         key = tuple(shapes[i] for i in self._dynamic)
         entry = self._compiled.get(key)
         if entry is None:
@@ -181,6 +185,7 @@ class Function:
             self._compiled[key] = entry
             if watch is not None:
                 self._watches[id(run)] = watch
+            self._epoch = self.graph._storage_epoch if self.graph is not None else 0
         return entry
 
     def _run(self, entry, arrays: list):
@@ -211,7 +216,9 @@ class Function:
                 storage.restore(snapshot)
             raise
 
-    def __call__(self, feeds: dict | None = None, /, **kwargs):
+    def __call__(self, feeds: dict | None = None, /, *, to_numpy: bool = False, **kwargs):
+        """Run one step. Results stay where the backend computed them (NumPy arrays on the
+        CPU, device arrays on a GPU) unless `to_numpy=True`."""
         given = self._feeds.collect(feeds, kwargs)
         arrays = self._feeds.arrays(given)
         with self._lock:
@@ -221,6 +228,9 @@ class Function:
             outs = self._run(entry, arrays)
             if self._optimizer is not None:
                 self._optimizer.after_step(self, dict(zip(self._feeds.placeholders, arrays)))
+        if to_numpy:
+            to_host = self._backend.runtime.to_host
+            outs = [np.array(to_host(o), copy=False) for o in outs]
         return self._rebuild(list(outs))
 
     def __repr__(self) -> str:

@@ -217,6 +217,9 @@ class Graph:
         self.nodes: list[Tensor] = []
         self._names: dict[str, Tensor] = {}
         self._counters: dict[str, int] = {}
+        # bumped whenever a parameter's storage moves to another runtime: Functions bound
+        # to the old storage bind again
+        self._storage_epoch = 0
 
     def _add(self, node: Tensor) -> int:
         self.nodes.append(node)
@@ -366,18 +369,60 @@ def constant(value, dtype=None, name: str | None = None) -> Constant:
 
 
 def flatten_structure(obj: Any, what: str, error=GraphError):
-    """Tensors in `obj` (a tensor, list, tuple or dict) and a function that rebuilds the same
-    structure from a list of values."""
+    """The tensors in `obj` (a tensor, or any nesting of dicts, lists, tuples and namedtuples
+    of tensors) in order, and a function rebuilding the same nesting from a list of values.
+    A leaf that is not a tensor raises `error` naming its path (`outputs['grads'][2]`)."""
+    if not isinstance(obj, (Tensor, dict, list, tuple)):
+        raise error(f"{what} must be a tensor, list, tuple or dict of tensors, "
+                    f"got {type(obj).__name__}")
+    flat: list = []
+    template = _flatten_into(obj, what.rsplit(" ", 1)[-1], flat, what, error, set())
+    return flat, lambda values: _rebuild_structure(template, iter(values))
+
+
+def _flatten_into(obj, path: str, flat: list, what: str, error, open_ids: set):
+    """A template of `obj` (None where a tensor was) whose tensors are appended to `flat`."""
     if isinstance(obj, Tensor):
-        return [obj], lambda vs: vs[0]
-    if isinstance(obj, dict):
-        keys = list(obj)
-        return [obj[k] for k in keys], lambda vs: dict(zip(keys, vs))
-    if isinstance(obj, (list, tuple)):
-        kind = type(obj)
-        return list(obj), lambda vs: kind(vs)
-    raise error(f"{what} must be a tensor, list, tuple or dict of tensors, "
-                f"got {type(obj).__name__}")
+        flat.append(obj)
+        return None
+    if isinstance(obj, (dict, list, tuple)):
+        if id(obj) in open_ids:
+            raise error(f"{what} contains itself at {path}")
+        open_ids.add(id(obj))
+        if isinstance(obj, dict):
+            items = [(k, _flatten_into(v, f"{path}[{k!r}]", flat, what, error, open_ids))
+                     for k, v in obj.items()]
+        else:
+            items = [_flatten_into(v, f"{path}[{i}]", flat, what, error, open_ids)
+                     for i, v in enumerate(obj)]
+        open_ids.discard(id(obj))
+        return (type(obj), items)
+    shown = repr(obj)
+    shown = shown if len(shown) <= 80 else shown[:77] + "..."
+    raise error(f"{what} must be tensors, got {shown} at {path} (only dicts, lists and "
+                f"tuples may hold them)")
+
+
+def _rebuild_structure(template, values):
+    if template is None:
+        return next(values)
+    kind, items = template
+    if issubclass(kind, dict):
+        built = {k: _rebuild_structure(t, values) for k, t in items}
+        return built if kind is dict else _make(kind, built, dict)
+    built = [_rebuild_structure(t, values) for t in items]
+    if issubclass(kind, tuple) and hasattr(kind, "_fields"):  # a namedtuple
+        return kind(*built)
+    return built if kind is list else _make(kind, built, list if issubclass(kind, list)
+                                            else tuple)
+
+
+def _make(kind, built, plain):
+    """`kind(built)` for a subclass of dict, list or tuple that accepts it, else `plain`."""
+    try:
+        return kind(built)
+    except Exception:  # a subclass with its own constructor: give the plain container
+        return plain(built)
 
 
 def topo_order(outputs: Iterable[Tensor]) -> list[Tensor]:

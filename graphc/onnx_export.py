@@ -50,9 +50,6 @@ def export_onnx(outputs, path: str | os.PathLike, opset: int | None = None):
     flat, _ = flatten_structure(outputs, "export_onnx: outputs", CompileError)
     if not flat:
         raise CompileError("export_onnx: nothing to export (no outputs)")
-    for t in flat:
-        if not isinstance(t, Tensor):
-            raise CompileError(f"export_onnx: outputs must be tensors, got {t!r}")
     same_graph(flat, "export_onnx")
     order = topo_order(flat)
     em = _Emitter(onnx, opset)
@@ -110,7 +107,7 @@ def _version() -> str:
 def _output_names(outputs, flat: list, em: "_Emitter") -> list[str]:
     """Dict keys (which must not clash with an input or parameter name), else each tensor's
     name or output_<i>, made unique."""
-    if isinstance(outputs, dict):
+    if isinstance(outputs, dict) and all(isinstance(v, Tensor) for v in outputs.values()):
         names = [str(k) for k in outputs]
         for name, t in zip(names, flat):
             if _is_leaf_named(t, name):

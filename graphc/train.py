@@ -183,13 +183,38 @@ class Trainer:
 
 
 def _as_pair(data, what: str):
+    """(inputs, labels) as arrays; inputs may be a dict {name: array} (a multi-input model)."""
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = np.asarray(data[0]), np.asarray(data[1])
-        if len(x) != len(y):
-            raise TrainError(f"{what}: inputs and labels differ in length ({len(x)} and "
-                             f"{len(y)})")
+        x, y = data[0], np.asarray(data[1])
+        if isinstance(x, dict):
+            if not x:
+                raise TrainError(f"{what}: the inputs dict is empty")
+            x = {k: np.asarray(v) for k, v in x.items()}
+        else:
+            x = np.asarray(x)
+        for key, a in (x.items() if isinstance(x, dict) else [(None, x)]):
+            if len(a) != len(y):
+                name = "inputs" if key is None else f"inputs[{key!r}]"
+                raise TrainError(f"{what}: {name} and labels differ in length ({len(a)} and "
+                                 f"{len(y)})")
         return x, y
     raise TrainError(f"{what} for a model must be a pair (inputs, labels)")
+
+
+def _input_arrays(x) -> list:
+    """The input arrays in feed order: the dict's values in its order, or the one array."""
+    return list(x.values()) if isinstance(x, dict) else [x]
+
+
+def _input_placeholders(g, x):
+    """Placeholders for the inputs, batch dimension unbound: a dict of them for dict inputs
+    (named fit/<key>), else one (fit/x)."""
+    def make(name, a):
+        dt = a.dtype if a.dtype.kind in "iu" else np.float32
+        return placeholder(g.unique_name(name), (None,) + a.shape[1:], dt)
+    if isinstance(x, dict):
+        return {k: make(f"fit/{k}", a) for k, a in x.items()}
+    return make("fit/x", x)
 
 
 def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer, backend,
@@ -198,7 +223,9 @@ def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer,
     data layout: a later fit with the same (or no) optimizer reuses them, so it continues
     the same step (the same dropout seeds and optimizer state, which a resumed run needs)."""
     from .optim import Adam
-    key = (loss, backend, x.dtype.str, x.shape[1:], y.dtype.str, y.shape[1:])
+    layout = tuple((k, a.dtype.str, a.shape[1:]) for k, a in
+                   (x.items() if isinstance(x, dict) else [(None, x)]))
+    key = (loss, backend, layout, y.dtype.str, y.shape[1:])
     cached = getattr(model, "_fit_trainer", None)
     if cached is not None and cached[0] == key and optimizer in (None, cached[1].optimizer):
         cached[1].schedule = schedule
@@ -206,9 +233,8 @@ def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer,
     optimizer = optimizer or Adam()
     g = model.graph
     with g:
-        xdt = x.dtype if x.dtype.kind in "iu" else np.float32
         ydt = np.int32 if y.dtype.kind in "iub" else np.float32
-        xp = placeholder(g.unique_name("fit/x"), (None,) + x.shape[1:], xdt)
+        xp = _input_placeholders(g, x)
         yp = placeholder(g.unique_name("fit/y"), (None,) + y.shape[1:], ydt)
         loss_fn = LOSSES.get(loss) if isinstance(loss, str) else loss
         if loss_fn is None:
@@ -220,18 +246,18 @@ def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer,
         out_eval = model(xp, training=False)
         evaluate = _compile({"loss": loss_fn(out_eval, yp), "out": out_eval},
                             backend=backend)
-    trainer = Trainer(step, evaluate, [xp.name, yp.name], g.parameters(), g, schedule,
-                      optimizer)
+    names = [p.name for p in (xp.values() if isinstance(xp, dict) else [xp])] + [yp.name]
+    trainer = Trainer(step, evaluate, names, g.parameters(), g, schedule, optimizer)
     model._fit_trainer = (key, trainer)
     return trainer
 
 
 def _run_eval(trainer: Trainer, x, y, batch_size, metrics) -> dict:
     total, n, outs = 0.0, 0, []
-    for xb, yb in batches(x, y, batch_size=batch_size, shuffle=False):
-        r = trainer.evaluate({trainer.feed_names[0]: xb, trainer.feed_names[1]: yb})
-        total += float(r["loss"]) * len(xb)
-        n += len(xb)
+    for parts in batches(*_input_arrays(x), y, batch_size=batch_size, shuffle=False):
+        r = trainer.evaluate(dict(zip(trainer.feed_names, parts)))
+        total += float(r["loss"]) * len(parts[-1])
+        n += len(parts[-1])
         if metrics:
             outs.append(r["out"])
     logs = {"loss": total / max(n, 1)}
@@ -265,8 +291,9 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
         loss="cross_entropy", optimizer=None, schedule=None, seed: int = 0,
         initial_epoch: int = 0, resume_from: str | None = None, progress: bool = True,
         backend: str | None = None, eval_batch_size: int = 1024) -> History:
-    """Train a `gc.nn` model on (inputs, labels), or run a compiled step over a dict of
-    arrays {placeholder name: array}. batch_size=None is full-batch gradient descent, 1 is
+    """Train a `gc.nn` model on (inputs, labels) (inputs an array, or a dict {name: array}
+    for a model whose call takes a dict), or run a compiled step over a dict of arrays
+    {placeholder name: array}. batch_size=None is full-batch gradient descent, 1 is
     stochastic, anything else mini-batch. Returns the History.
 
     For a model, the step minimizes `loss` ("cross_entropy", "mse", "bce", "hinge" or a
@@ -282,7 +309,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
     if isinstance(model_or_step, Module):
         x, y = _as_pair(train_data, "train_data")
         trainer = _model_trainer(model_or_step, x, y, loss, optimizer, backend, schedule)
-        arrays, names = [x, y], trainer.feed_names
+        arrays, names = [*_input_arrays(x), y], trainer.feed_names
         val = _as_pair(validation, "validation") if validation is not None else None
     elif isinstance(model_or_step, Function):
         if not isinstance(train_data, dict) or not train_data:
@@ -341,7 +368,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
             total += loss_value * k
             count += k
             for name, fn in metric_fns.items():
-                correct[name] += fn(out["out"], parts[1]) * k
+                correct[name] += fn(out["out"], parts[-1]) * k
             if not math.isfinite(loss_value):
                 bar.close()
                 raise TrainError(f"the loss became {loss_value} in epoch {epoch + 1}; lower "

@@ -135,3 +135,23 @@ def test_weight_shared_across_steps_gets_one_stacked_gemm():
                    and n.op.name == "matmul" and n.shape == (3, 3)]
         assert len(matmuls) == 1 and matmuls[0].inputs[0].shape == (3, 6)  # 3 steps stacked
         check_grads(loss, [w], {x: np.random.default_rng(0).normal(size=(4, 2, 3))})
+
+
+def test_grad_wrt_a_nested_structure_returns_the_same_nesting():
+    x = gc.placeholder("x", (2,))
+    w = gc.parameter("w", value=np.array([1.0, 2.0], np.float32))
+    b = gc.parameter("b", value=np.array([0.5, 0.5], np.float32))
+    y = (x * w + b).sum()
+    g = gc.grad(y, {"layer": {"w": w, "b": (b,)}, "inputs": [x]})
+    assert list(g) == ["layer", "inputs"] and list(g["layer"]) == ["w", "b"]
+    assert isinstance(g["layer"]["b"], tuple) and isinstance(g["inputs"], list)
+    out = gc.compile(g)(x=np.array([3.0, 4.0], np.float32))
+    np.testing.assert_allclose(out["layer"]["w"], [3.0, 4.0])
+    np.testing.assert_allclose(out["layer"]["b"][0], [1.0, 1.0])
+    np.testing.assert_allclose(out["inputs"][0], [1.0, 2.0])
+
+
+def test_grad_names_the_path_of_a_non_tensor_in_wrt():
+    x = gc.placeholder("x", (2,))
+    with pytest.raises(gc.GraphError, match=r"wrt must be tensors, got 'w' at wrt\['a'\]\[1\]"):
+        gc.grad(x.sum(), {"a": [x, "w"]})

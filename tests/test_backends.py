@@ -95,12 +95,25 @@ def test_capabilities_shape_the_schedule():
 
 
 # --- scalar forms ---------------------------------------------------------------------------
-ATTRS = {"leaky_relu": {"negative_slope": 0.2}, "cast": {"dtype": "float64"}}
+ATTRS = {"leaky_relu": {"negative_slope": 0.2}, "cast": {"dtype": "float64"},
+         "elu": {"alpha": 1.5}, "softplus": {"beta": 2.0, "threshold": 3.0},
+         "gelu": {"approximate": "none"}}
 POSITIVE = {"log", "sqrt", "pow"}
 
 
 def _scalar_ops():
     return sorted(name for name, op in all_ops().items() if op.scalar is not None)
+
+
+def test_every_elementwise_op_has_a_scalar_form():
+    """Loop printers (Numba CUDA above all) print every elementwise op from its form."""
+    missing = [name for name, op in all_ops().items() if op.elementwise and op.scalar is None]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gelu_tanh_scalar_form(dtype):
+    _check_scalar_form("gelu", {"approximate": "tanh"}, dtype)
 
 
 def test_cheap_elementwise_ops_all_have_scalar_forms():
@@ -115,11 +128,14 @@ def test_cheap_elementwise_ops_all_have_scalar_forms():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_scalar_form_matches_the_numpy_reference(name, dtype):
     """Each op's scalar form, printed as a Numba loop, equals its NumPy reference."""
+    _check_scalar_form(name, ATTRS.get(name, {}), dtype)
+
+
+def _check_scalar_form(name, attrs, dtype):
     from graphc.backends.cpu import numba_printer
     if not numba_printer.available():
         pytest.skip("Numba is not installed")
     op = get_op(name)
-    attrs = ATTRS.get(name, {})
     template = op.scalar_form(attrs)
     arity = 1 + max(int(i) for i in re.findall(r"\{(\d+)\}", template))
     rng = np.random.default_rng(0)

@@ -197,3 +197,35 @@ def test_a_bad_feed_leaves_parameters_and_optimizer_state_bitwise_unchanged(rng,
     assert opt.step_count == 2
     step(feeds)  # still usable
     assert opt.step_count == 3
+
+
+def test_outputs_may_be_any_nesting_of_dicts_lists_and_tuples():
+    import collections
+    x = gc.placeholder("x", (None, 3))
+    w = gc.parameter("w", shape=(3, 2), seed=0)
+    loss = ((x @ w) ** 2).mean()
+    grads = gc.grad(loss, [w, x])
+    Pair = collections.namedtuple("Pair", "first second")
+    fn = gc.compile({"loss": loss, "grads": grads, "more": (Pair(loss, [x]), {"z": x * 2.0})})
+    xs = np.ones((4, 3), np.float32)
+    out = fn(x=xs)
+    assert list(out) == ["loss", "grads", "more"]
+    assert isinstance(out["grads"], list) and len(out["grads"]) == 2
+    assert isinstance(out["more"], tuple) and isinstance(out["more"][0], Pair)
+    np.testing.assert_array_equal(out["more"][0].second[0], xs)
+    np.testing.assert_array_equal(out["more"][1]["z"], xs * 2)
+    flat = gc.compile([loss, *grads])(x=xs)
+    np.testing.assert_allclose(out["loss"], flat[0])
+    np.testing.assert_allclose(out["grads"][0], flat[1])
+    np.testing.assert_allclose(out["grads"][1], flat[2])
+
+
+def test_a_non_tensor_in_nested_outputs_is_named_by_its_path():
+    x = gc.placeholder("x", (3,))
+    with pytest.raises(gc.CompileError, match=r"outputs must be tensors, got 3 at "
+                                              r"outputs\['grads'\]\[2\]"):
+        gc.compile({"loss": x.sum(), "grads": [x, (x,), 3]})
+    nested = [x]
+    nested.append(nested)
+    with pytest.raises(gc.CompileError, match=r"outputs contains itself at outputs\[1\]"):
+        gc.compile(nested)

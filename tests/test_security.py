@@ -241,7 +241,8 @@ def test_a_cache_owned_by_another_user_is_never_used(private_cache, monkeypatch)
     (planted,) = d.glob("k_*.py")
     planted.write_text(planted.read_text().replace("def kernel", "raise SystemExit(3)\ndef kernel"))
     monkeypatch.setattr(os, "getuid", lambda: os.stat(d).st_uid + 1)
-    monkeypatch.setattr(numba_cpu, "_bypassed", {})
+    from graphc.backends import kernel_cache
+    monkeypatch.setattr(kernel_cache, "_bypassed", {})  # the cache's own record of bypasses
     _forget_loaded_kernels()
     with pytest.warns(numba_cpu.KernelCacheWarning, match="belongs to another user"):
         out, want = _numba_graph_run()

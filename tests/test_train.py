@@ -310,3 +310,42 @@ def test_fit_hooks_initial_epoch_eval_batch_size_and_epoch_times(rng, monkeypatc
     assert rec.calls == [("begin", None), ("batch", 1, 0), ("batch", 1, 1), ("epoch", 1, keys),
                          ("batch", 2, 0), ("batch", 2, 1), ("epoch", 2, keys), ("end",)]
     assert len(h.times) == 2 and all(t > 0 for t in h.times)
+
+
+class _TwoInputs(gc.nn.Module):
+    """A model whose call takes a dict: an image and a vector of extra features."""
+
+    kind = "two_inputs"
+
+    def __init__(self):
+        super().__init__()
+        self.image = gc.nn.Dense(4, 3)
+        self.meta = gc.nn.Dense(2, 3)
+
+    def children(self):
+        return [self.image, self.meta]
+
+    def forward(self, x, training):
+        return self.image(x["image"].reshape(-1, 4), training) + self.meta(x["meta"], training)
+
+
+def test_fit_takes_dict_inputs_for_a_multi_input_model():
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(96, 2, 2)).astype(np.float32)
+    meta = rng.normal(size=(96, 2)).astype(np.float32)
+    labels = (image.reshape(96, 4).sum(1) + meta[:, 0] > 0).astype(np.int32)
+    model = _TwoInputs()
+    data = ({"image": image, "meta": meta}, labels)
+    h = gc.fit(model, data, epochs=8, batch_size=16, optimizer=gc.optim.Adam(lr=0.05),
+               validation=data, progress=False)
+    assert h.history["loss"][-1] < h.history["loss"][0]
+    assert h.history["val_accuracy"][-1] > 0.8
+    names = [p.name for p in h.step._feeds.placeholders]
+    assert names[0].startswith("fit/image") and names[1].startswith("fit/meta")
+
+
+def test_fit_dict_inputs_of_different_lengths_are_named():
+    model = _TwoInputs()
+    with pytest.raises(gc.train.TrainError, match=r"inputs\['meta'\] and labels differ"):
+        gc.fit(model, ({"image": np.zeros((4, 2, 2)), "meta": np.zeros((3, 2))},
+                       np.zeros(4)), progress=False)

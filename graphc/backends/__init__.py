@@ -22,6 +22,7 @@ class _Entry:
     probe: Callable[[], str | None] | None  # None if usable here, else the reason it is not
     priority: int
     aliases: tuple
+    auto: Callable[[], bool] | None  # whether "auto" may pick it (default: when available)
 
 
 _ENTRIES: dict[str, _Entry] = {}
@@ -30,14 +31,14 @@ _INSTANCES: dict[str, Backend] = {}
 
 
 def register(name: str, factory: Callable[[], Backend], probe=None, priority: int = 0,
-             aliases: tuple = ()) -> None:
+             aliases: tuple = (), auto=None) -> None:
     """Make a backend known: `factory()` builds it (once, on first use); `probe()` returns
     None when it can run here or a sentence saying why not; "auto" prefers higher
-    `priority`."""
+    `priority` among the available backends whose `auto()` (if given) is true."""
     for n in (name, *aliases):
         if n in _ALIASES or n == "auto":
             raise ValueError(f"backend name {n!r} is already registered")
-    _ENTRIES[name] = _Entry(name, factory, probe, priority, tuple(aliases))
+    _ENTRIES[name] = _Entry(name, factory, probe, priority, tuple(aliases), auto)
     for n in (name, *aliases):
         _ALIASES[n] = name
 
@@ -71,7 +72,7 @@ def resolve(backend: str) -> str:
     """The canonical name of the backend `compile(backend=...)` names; "auto" is the best
     one available."""
     if backend == "auto":
-        return available()[0]
+        return next(n for n in available() if _ENTRIES[n].auto is None or _ENTRIES[n].auto())
     if backend not in _ALIASES:
         names = ", ".join(sorted(_ALIASES))
         raise CompileError(f"compile: unknown backend {backend!r}; available: {names} "
@@ -116,4 +117,20 @@ def _cpu() -> Backend:
     return CPUBackend()
 
 
+def _cuda() -> Backend:
+    from .cuda import CUDABackend
+    return CUDABackend()
+
+
+def _cuda_probe() -> str | None:
+    from .cuda import probe
+    return probe()
+
+
+def _cuda_auto() -> bool:
+    from .cuda import on_device
+    return on_device()
+
+
 register("numpy", _cpu, aliases=("cpu",))
+register("cuda", _cuda, probe=_cuda_probe, priority=10, auto=_cuda_auto)

@@ -31,11 +31,16 @@ class Runtime:
         if storage.device != self.device:
             from ..storage import HostStorage
             param.storage = HostStorage(storage.read())
+            param.graph._storage_epoch += 1
         return param.storage.array
 
     def to_host(self, array) -> np.ndarray:
         """A host (NumPy) view or copy of one of this runtime's arrays."""
         return np.asarray(array)
+
+    def from_host(self, array: np.ndarray):
+        """A copy of a host array on this runtime."""
+        return np.array(array, copy=True)
 
     def copy(self, array):
         """A copy of one of this runtime's arrays, on this runtime."""

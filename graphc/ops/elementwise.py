@@ -112,11 +112,19 @@ _unary("tanh", np.tanh, lambda g, y, x: g * (1.0 - square(y)), scalar="math.tanh
 _unary("erf", _erf, lambda g, y, x: g * (2.0 / math.sqrt(math.pi)) * exp(neg(square(x))),
        scalar="math.erf({0})")
 _unary("elu", lambda x, alpha: np.where(x > 0, x, x.dtype.type(alpha) * np.expm1(x)),
-       lambda g, y, x: where(greater(x, 0), g, g * (y + y.attrs["alpha"])))
+       lambda g, y, x: where(greater(x, 0), g, g * (y + y.attrs["alpha"])),
+       scalar="({0} if {0} > {zero} else {alpha} * math.expm1({0}))")
 _unary("softplus", _softplus,
        lambda g, y, x: where(greater(x * y.attrs["beta"], y.attrs["threshold"]), g,
-                             g * sigmoid(x * y.attrs["beta"])))
-_unary("gelu", _gelu, lambda g, y, x: g * _gelu_derivative(x, y.attrs["approximate"]))
+                             g * sigmoid(x * y.attrs["beta"])),
+       scalar="({0} if {0} * {beta} > {threshold} else (max({0} * {beta}, {zero})"
+              " + math.log1p(math.exp(-abs({0} * {beta})))) / {beta})")
+_unary("gelu", _gelu, lambda g, y, x: g * _gelu_derivative(x, y.attrs["approximate"]),
+       scalar=lambda attrs: (
+           "({half} * {0} * ({one} + math.tanh({s2pi} * ({0} + {c} * {0} * {0} * {0}))))"
+           if attrs.get("approximate") == "tanh" else
+           "({half} * {0} * ({one} + math.erf({0} * {inv_sqrt2})))"),
+       scalar_consts={"s2pi": SQRT_2_OVER_PI, "c": GELU_TANH_C, "inv_sqrt2": INV_SQRT_2})
 _unary("cast", lambda x, dtype: x.astype(dtype), lambda g, y, x: cast(g, x.dtype), infer=_cast,
        cost=C1, scalar="{T}({0})", value_preserving=True)
 
@@ -141,7 +149,8 @@ _binary("greater_equal", np.greater_equal, None, infer=_compare, cost=C1, scalar
 _binary("less", np.less, None, infer=_compare, cost=C1, scalar="({0} < {1})")
 _binary("equal", np.equal, None, infer=_compare, cost=C1, scalar="({0} == {1})")
 _binary("binary_cross_entropy_with_logits", _bce_logits,
-        (lambda g, y, x, t: g * (sigmoid(x) - t), lambda g, y, x, t: neg(g) * x))
+        (lambda g, y, x, t: g * (sigmoid(x) - t), lambda g, y, x, t: neg(g) * x),
+        scalar="(max({0}, {zero}) - {0} * {1} + math.log1p(math.exp(-abs({0}))))")
 register("where", _where, np.where,
          (None, lambda g, y, c, a, b: where(c, g, 0), lambda g, y, c, a, b: where(c, 0, g)),
          elementwise=True, cost=C1, scalar="({1} if {0} else {2})")

@@ -92,6 +92,22 @@ class BoundPlan:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def written_over(self, expr) -> dict:
+        """{output index: input index} for the outputs of a fused kernel's expression that
+        the memory plan writes over one of its inputs' buffers (in place of an input that
+        dies there, or a parameter updated in place), where that input spans the loop."""
+        mem = self.memory
+        param_slot = {id(p): s for p, s in self.plan.params}
+        position = {s: j for j, (s, _) in enumerate(expr.inputs)}
+        shared = {}
+        for j, (s, _) in enumerate(expr.outputs):
+            src = mem.inplace.get(s)
+            if s in mem.param_writes:
+                src = param_slot[id(mem.param_writes[s])]
+            if src in position and tuple(expr.inputs[position[src]][1]) == tuple(expr.shape):
+                shared[j] = position[src]
+        return shared
+
     def _buffers(self, k) -> str:
         mem = self.memory
         spots = []

@@ -166,7 +166,7 @@ class _Builder:
         aliased = {j for j, (s, _) in enumerate(expr.outputs)
                    if s in mem.inplace or s in mem.param_writes}
         if numba_printer.suits(expr):  # loads before stores per element: in-place is safe
-            self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self._shared(expr))
+            self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self.bp.written_over(expr))
         else:
             self.ns[f"F{i}"] = numpy_printer.compile_numpy(expr, aliased)
         slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
@@ -185,20 +185,6 @@ class _Builder:
         out = self.ref(k.outputs[0])
         self.ns[f"G{i}"] = _gemm_update(blas.gemm(self.bp.plan.nodes[k.outputs[0]].dtype))
         self.lines.append(f"    G{i}({a}, {b}, {lr}, {w}, {out})")
-
-    def _shared(self, expr) -> dict:
-        """{output index: input index} for outputs written over an input's own buffer."""
-        mem = self.bp.memory
-        param_slot = {id(p): s for p, s in self.bp.plan.params}
-        position = {s: k for k, (s, _) in enumerate(expr.inputs)}
-        shared = {}
-        for k, (s, _) in enumerate(expr.outputs):
-            src = mem.inplace.get(s)
-            if s in mem.param_writes:
-                src = param_slot[id(mem.param_writes[s])]
-            if src in position and tuple(expr.inputs[position[src]][1]) == tuple(expr.shape):
-                shared[k] = position[src]
-        return shared
 
     def _updates(self):
         """Updates not written in place: snapshot values that alias a parameter first (so

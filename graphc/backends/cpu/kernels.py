@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import conv_kernels as _conv_kernels
+
 TILE_ROWS_ELEMENTS = 1 << 16
 
 
@@ -132,3 +134,4 @@ INTO = {
     "softmax_cross_entropy": _sce,
     "softmax_cross_entropy_backward": _sce_backward,
 }
+INTO.update(_conv_kernels.INTO)
