@@ -57,26 +57,7 @@ def save(path: str | os.PathLike, target, extra: dict | None = None) -> None:
         raise CheckpointError(f"save: `extra` must be JSON-serialisable ({e})") from e
     arrays = {f"p{i}": p.storage.host() for i, p in enumerate(params)}
     arrays["meta"] = np.frombuffer(meta_json.encode(), np.uint8)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".graphc-ckpt-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    _write_atomically(path, lambda f: np.savez(f, **arrays))
 
 
 def read(path: str | os.PathLike) -> tuple[dict, dict]:
@@ -202,16 +183,18 @@ def save_safetensors(path: str | os.PathLike, target, extra: dict | None = None)
     except TypeError as e:
         raise CheckpointError(f"save: `extra` must be JSON-serialisable ({e})") from e
     tensors = {k: np.asarray(p.value, order="C") for k, p in _named(target).items()}
-    _write_atomically(path, st.save(tensors, metadata=meta))
+    data = st.save(tensors, metadata=meta)
+    _write_atomically(path, lambda f: f.write(data))
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """path holds either its old content or all of `data`, whatever happens meanwhile."""
+def _write_atomically(path: str, write) -> None:
+    """path holds either its old content or all that `write(file)` writes, whatever happens
+    meanwhile: a temporary file, fsync, an atomic rename, the directory fsynced."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".graphc-ckpt-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
