@@ -49,12 +49,19 @@ def unregister(name: str) -> None:
     for n in (name, *entry.aliases):
         _ALIASES.pop(n, None)
     _INSTANCES.pop(name, None)
+    _PROBED.pop(name, None)
+
+
+_PROBED: dict[str, str | None] = {}  # name -> its probe's answer: the machine's, stable
 
 
 def availability(name: str) -> str | None:
-    """None if the backend can run here, else the reason it cannot."""
-    entry = _ENTRIES[_ALIASES[name]]
-    return entry.probe() if entry.probe is not None else None
+    """None if the backend can run here, else the reason it cannot (probed once)."""
+    name = _ALIASES[name]
+    if name not in _PROBED:
+        probe = _ENTRIES[name].probe
+        _PROBED[name] = probe() if probe is not None else None
+    return _PROBED[name]
 
 
 def registered() -> list[str]:

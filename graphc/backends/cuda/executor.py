@@ -19,14 +19,15 @@ from ...schedule.expr import build_expr
 from ...schedule.kernel import COMPUTING, data_inputs
 
 
+@functools.lru_cache(maxsize=None)
 def _hand_written() -> tuple[dict, dict]:
-    """(op name -> launcher, (op, op) -> pair launcher) from graphc.kernels, if present."""
+    """(op name -> launcher, (op, op) -> pair launcher) from graphc.kernels (empty where
+    numba.cuda does not import); built once, read for every op at compile time."""
+    from ... import kernels
     try:
-        from ... import kernels
-        tables = kernels.cuda_kernels()
-    except (ImportError, AttributeError):
+        return kernels.cuda_kernels()
+    except ImportError:
         return {}, {}
-    return dict(tables[0]), dict(tables[1])
 
 
 class _Builder:
