@@ -151,7 +151,7 @@ class _Builder:
         pending = [(p, s) for p, s in bp.plan.updates if s not in bp.memory.param_writes]
         temps = {}
         for p, s in pending:
-            if s in params or _shares_param(self.buf[s], bp, rt):
+            if s in params or _shares_param(self.buf[s], bp):
                 temps[s] = rt.empty(tuple(p.shape), p.dtype)
                 self._add(None, rt.copy_into, self.buf[s], temps[s])
         for p, s in pending:
@@ -235,7 +235,7 @@ def _canonical(bp, slot):
     return slot
 
 
-def _shares_param(array, bp, rt) -> bool:
+def _shares_param(array, bp) -> bool:
     base = getattr(array, "base", None)
     return any(array is p.storage.array or base is p.storage.array for p, _ in bp.plan.params)
 

@@ -160,10 +160,9 @@ class SimRuntime(_CudaRuntime):
         self._recording = []
         try:
             step()
-            recorded, self._recording = self._recording, None
+            return _Replay(self._recording)
         finally:
             self._recording = None
-        return _Replay(recorded)
 
     def synchronize(self) -> None:
         pass
