@@ -106,6 +106,45 @@ def check_grads(y: Tensor, wrt, feed: dict, eps: float = 1e-6, rtol: float = 1e-
                                  f"(rtol={rtol}, atol={atol})")
 
 
+def check_grads_against(y: Tensor, wrt, feed: dict, backend: str, reference: str = "numpy",
+                        rtol: float = 1e-9, atol: float = 1e-12, seed: int = 0,
+                        **_fd_options) -> None:
+    """Compare gc.grad(y, wrt) computed on `backend` with the same gradients on `reference`,
+    all in float64: one call of each compiled plan, where check_grads calls its plan twice
+    per element (the reference's gradients are themselves checked by finite differences).
+    A non-scalar y is checked through the fixed random projection check_grads uses. Raises
+    GradientCheckError naming the worst element. Finite-difference options (eps) are
+    accepted and ignored, so this can stand in for check_grads."""
+    from .function import compile as gc_compile
+    wrt = [wrt] if isinstance(wrt, Tensor) else list(wrt)
+    named = {(k.name if isinstance(k, Tensor) else k): np.asarray(v) for k, v in feed.items()}
+    with Graph("check_grads_against"):
+        new = to_float64([y, *wrt])
+        y64 = new[id(y)]
+        feeds = {ph.name: named[ph.name].astype(_f64(named[ph.name].dtype))
+                 for ph in topo_order([y64]) if isinstance(ph, Placeholder)}
+        if y64.shape != ():
+            concrete = np.shape(gc_compile(y64, backend=reference)(feeds))
+            y64 = _sum(y64 * np.random.default_rng(seed).normal(size=concrete))
+        outputs = [y64, *grad(y64, [new[id(x)] for x in wrt])]
+        want = gc_compile(outputs, backend=reference)(feeds)
+        got = gc_compile(outputs, backend=backend)(feeds, to_numpy=True)
+    names = ["the output"] + [f"the gradient of '{x.name}'" for x in wrt]
+    for name, g, w in zip(names, got, want):
+        g = np.asarray(g, dtype=np.float64)
+        w = np.asarray(w, dtype=np.float64)
+        if g.shape != w.shape:
+            raise GradientCheckError(f"{name}: shape {g.shape} on {backend}, {w.shape} on "
+                                     f"{reference}")
+        excess = np.abs(g - w) - (atol + rtol * np.abs(w))
+        excess = np.where(np.isnan(g) != np.isnan(w), np.inf, np.nan_to_num(excess, nan=0.0))
+        if excess.size and excess.max() > 0:
+            j = np.unravel_index(np.argmax(excess), excess.shape)
+            raise GradientCheckError(f"{name} at index {tuple(int(i) for i in j)}: {g[j]:.12g} "
+                                     f"on {backend}, {w[j]:.12g} on {reference} "
+                                     f"(rtol={rtol}, atol={atol})")
+
+
 def evaluate(outputs, feeds: dict, cache: dict | None = None) -> list:
     """Evaluate `outputs` (a tensor or a list) op by op with each op's NumPy reference: no
     passes, no fusion, no memory plan. The oracle compiled plans are tested against.
