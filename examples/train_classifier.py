@@ -1,4 +1,6 @@
-"""Train a small MLP classifier on synthetic data (three Gaussian blobs in 2-D)."""
+"""Train a small MLP classifier on synthetic data (three Gaussian blobs in 2-D).
+
+Runs on gc.config.backend: GRAPHC_BACKEND=cuda python examples/train_classifier.py for the GPU."""
 import numpy as np
 
 import graphc as gc
@@ -17,7 +19,7 @@ loss = gc.softmax_cross_entropy(logits, y)
 step = gc.compile([loss], optimizer=gc.optim.SGD(lr=0.1))
 evaluate = gc.compile({"loss": loss, "logits": logits})
 for epoch in range(20):
-    out = evaluate(x=points, y=labels)
+    out = evaluate(x=points, y=labels, to_numpy=True)  # host arrays on every backend
     acc = np.mean(out["logits"].argmax(axis=1) == labels)
     print(f"epoch {epoch:2d}  loss {float(out['loss']):.4f}  accuracy {acc:.3f}")
     order = rng.permutation(600)
