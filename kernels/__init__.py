@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import importlib
 
-_MODULES = ("softmax", "reduce", "random", "embedding", "pool")
+_MODULES = ("softmax", "reduce", "random", "embedding", "pool", "conv", "norm", "slicing",
+            "indexing")
 
 
 def _modules() -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+import weakref
 from typing import Callable
 
 import numpy as np
@@ -126,10 +127,12 @@ def resolve_stream(stream):
 def run(kernel, blocks: int, threads: int, stream, *args) -> None:
     """Launch `kernel` over (blocks, threads) on `stream`."""
     if simulator():
-        # the simulator copies every array argument back after the launch: read-only
-        # inputs (broadcast and strided views) go in as copies
-        args = [a.copy() if isinstance(a, np.ndarray) and not a.flags.writeable else a
-                for a in args]
+        # the simulator copies every array argument back after the launch and refuses
+        # strided buffers: read-only inputs (broadcast views) and strided ones (outputs are
+        # C-contiguous, so these are inputs) go in as copies
+        args = [a.copy() if isinstance(a, np.ndarray) and not (
+            a.flags.writeable and (a.flags.c_contiguous or a.flags.f_contiguous)) else a
+            for a in args]
         with warnings.catch_warnings():
             # uint64 wrap-around is the point of the hashes; NumPy scalars warn about it
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -158,3 +161,73 @@ def reference_into(op: str, *arrays, out, **attrs) -> None:
     with np.errstate(all="ignore"):
         value = get_op(op).reference(*arrays, **attrs)
     xp.copyto(out, xp.asarray(value), casting="unsafe")
+
+
+# --- GEMMs and scratch for launchers that need the runtime (conv2d) ---------------------------
+# A launcher with a `prepare` attribute takes `runtime=`: an object with `matmul(a, b, out)`
+# (the runtime's cuBLAS call on its stream on a device, its emulation of that call or NumPy
+# in the simulator) and `empty(shape, dtype)` (counted allocations). The executor calls
+# `prepare(*inputs, out=..., runtime=..., **attrs)` once at bind time, so scratch exists
+# before any step is captured and a steady-state step allocates nothing. Called directly (runtime=None), GEMMs run through
+# the array module of `out` on `stream` and scratch comes from that module.
+_SCRATCH: dict = {}  # (runtime id or module name, tag, shape, dtype) -> array
+
+
+def scratch(runtime, tag: str, shape: tuple, dtype, like):
+    """A scratch array kept per runtime (or per array module) and per (tag, shape, dtype).
+    Launches on one runtime run one after another on its stream, so every launcher may
+    reuse its scratch from call to call."""
+    shape = tuple(int(d) for d in shape)
+    dtype = np.dtype(dtype)
+    owner = id(runtime) if runtime is not None else xp_of(like).__name__
+    key = (owner, tag, shape, dtype.str)
+    a = _SCRATCH.get(key)
+    if a is None:
+        a = runtime.empty(shape, dtype) if runtime is not None else \
+            xp_of(like).empty(shape, dtype)
+        if runtime is not None:
+            # the entry lives as long as the runtime: forget it when the runtime goes
+            weakref.finalize(runtime, _SCRATCH.pop, key, None)
+        _SCRATCH[key] = a
+    return a
+
+
+def _cupy_stream(stream):
+    """`stream` as a CuPy stream context (None: CuPy's current stream)."""
+    import contextlib
+    cupy = sys.modules["cupy"]
+    if stream is None:
+        return contextlib.nullcontext()
+    if isinstance(stream, cupy.cuda.BaseStream):
+        return stream
+    handle = getattr(stream, "handle", None)  # a Numba stream
+    ptr = int(getattr(handle, "value", handle) or 0) if handle is not None else \
+        int(getattr(stream, "ptr", stream) or 0)
+    return cupy.cuda.ExternalStream(ptr) if ptr else cupy.cuda.Stream.null
+
+
+def gemm(a, b, out, runtime=None, stream=None) -> None:
+    """out = a @ b (2-D, or 3-D batched; transposed operands as views): the runtime's
+    GEMM when given, else NumPy or CuPy (cuBLAS) by the type of `out`, on `stream`."""
+    if runtime is not None:
+        runtime.matmul(a, b, out)
+        return
+    xp = xp_of(out)
+    if xp is np:
+        np.matmul(a, b, out=out)
+        return
+    with _cupy_stream(stream):
+        xp.matmul(a, b, out=out)
+
+
+def copy_into(src, dst, runtime=None, stream=None) -> None:
+    """dst[...] = src on the device (the runtime's copy when given)."""
+    if runtime is not None:
+        runtime.copy_into(src, dst)
+        return
+    xp = xp_of(dst)
+    if xp is np:
+        np.copyto(dst, src)
+        return
+    with _cupy_stream(stream):
+        xp.copyto(dst, src)

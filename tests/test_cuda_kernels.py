@@ -445,3 +445,298 @@ def test_kernel_compiles_to_ptx(name, cc):
     for sig in sigs:
         ptx, _ = cuda.compile_ptx(fn, sig, cc=cc)
         assert f".target sm_{cc[0]}{cc[1]}" in ptx and ".entry" in ptx
+
+
+# --- conv2d: im2col / col2im around GEMMs --------------------------------------------------
+@pytest.fixture
+def no_fallback(monkeypatch):
+    """The kernels must run: a call of the reference fallback fails the test."""
+    def refuse(op, *arrays, out, **attrs):
+        raise AssertionError(f"{op} fell back to its reference")
+    monkeypatch.setattr("graphc.kernels._cuda.reference_into", refuse)
+
+
+# (x shape, w shape, attributes): every attribute alone and together, N = 1 (the GEMM writes
+# the output directly), groups 2 and depthwise, a 1x1 kernel, a kernel as large as the input
+CONVS = [((2, 3, 5, 6), (4, 3, 3, 3), dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+                                           groups=1)),
+         ((1, 4, 7, 5), (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                                           groups=2)),
+         ((3, 4, 6, 6), (4, 1, 2, 3), dict(stride=(1, 2), padding=(0, 1), dilation=(2, 1),
+                                           groups=4)),
+         ((2, 2, 4, 5), (3, 2, 1, 1), dict(stride=(2, 2), padding=(0, 0), dilation=(1, 1),
+                                           groups=1)),
+         ((2, 3, 5, 5), (2, 3, 5, 5), dict(stride=(3, 3), padding=(1, 1), dilation=(1, 1),
+                                           groups=1))]
+
+
+def _conv_scale(name, a, b, *shape, **attrs):
+    """The largest output of the op on |a|, |b|: what rounding is relative to."""
+    return float(reference(name, np.abs(a), np.abs(b), *shape, **attrs).max()) + 1.0
+
+
+def _conv_case(dtype, case, rng):
+    x_shape, w_shape, attrs = CONVS[case]
+    x = rng.normal(size=x_shape).astype(dtype)
+    w = rng.normal(size=w_shape).astype(dtype)
+    gy = rng.normal(size=reference("conv2d", x, w, **attrs).shape).astype(dtype)
+    return x, w, gy, attrs
+
+
+def _check_conv(kernels, x, w, gy, attrs, dtype, launch=None, **kw):
+    got, want = run_op(kernels, "conv2d", x, w, launch=launch, **attrs, **kw)
+    assert_close(got, want, dtype, scale=_conv_scale("conv2d", x, w, **attrs))
+    got, want = run_op(kernels, "conv2d_input_grad", gy, w, tuple(x.shape), launch=launch,
+                       **attrs, **kw)
+    assert_close(got, want, dtype,
+                 scale=_conv_scale("conv2d_input_grad", gy, w, tuple(x.shape), **attrs))
+    got, want = run_op(kernels, "conv2d_weight_grad", x, gy, tuple(w.shape), launch=launch,
+                       **attrs, **kw)
+    assert_close(got, want, dtype,
+                 scale=_conv_scale("conv2d_weight_grad", x, gy, tuple(w.shape), **attrs))
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("case", range(len(CONVS)))
+def test_conv2d_and_its_gradients(no_fallback, kernels, dtype, case):
+    x, w, gy, attrs = _conv_case(dtype, case, np.random.default_rng(20 + case))
+    _check_conv(kernels, x, w, gy, attrs, dtype)
+
+
+@needs_cuda
+@pytest.mark.parametrize("launch", ["one-lane", "wide"])
+def test_conv2d_launch_shapes(no_fallback, kernels, launch):
+    x, w, gy, attrs = _conv_case(np.float64, 1, np.random.default_rng(21))
+    _check_conv(kernels, x, w, gy, attrs, np.float64, launch=LAUNCHES[launch])
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", [1, 2])
+def test_conv2d_of_strided_views(no_fallback, kernels, n):
+    """A transposed input, a non-contiguous weight (copied to scratch) and a transposed
+    upstream gradient (swapped from its view; for N = 1 too)."""
+    rng = np.random.default_rng(22)
+    attrs = dict(stride=(1, 2), padding=(1, 0), dilation=(1, 1), groups=1)
+    x = rng.normal(size=(n, 3, 6, 5))[..., ::-1]  # reversed columns
+    w = rng.normal(size=(2, 3, 3, 3)).transpose(0, 1, 3, 2)
+    gy = np.asfortranarray(rng.normal(size=reference("conv2d", x, w, **attrs).shape))
+    assert not (x.flags.c_contiguous or w.flags.c_contiguous or gy.flags.c_contiguous)
+    _check_conv(kernels, x, w, gy, attrs, np.float64)
+
+
+@needs_cuda
+def test_conv2d_gemms_and_scratch_go_through_the_runtime(no_fallback, kernels):
+    """With runtime=, every GEMM is the runtime's and the scratch is allocated by
+    `prepare` through runtime.empty: calls after it allocate nothing."""
+    from graphc.backends.cuda.runtime import SimRuntime
+    rt = SimRuntime()
+    gemms = []
+    real = rt.matmul
+    rt.matmul = lambda a, b, out: (gemms.append(a.ndim), real(a, b, out))
+    rng = np.random.default_rng(23)
+    allocated = 0
+    for case in (0, 1):  # groups=1: 2-D GEMMs; groups=2: batched 3-D
+        x, w, gy, attrs = _conv_case(np.float32, case, rng)
+        calls = [("conv2d", (x, w), ()), ("conv2d_input_grad", (gy, w), (x.shape,)),
+                 ("conv2d_weight_grad", (x, gy), (w.shape,))]
+        for name, ins, shape in calls:
+            want = reference(name, *ins, *shape, **attrs)
+            out = np.empty_like(want)
+            kernels[name].prepare(*ins, out=out, runtime=rt, **attrs)
+            if name == "conv2d":  # new shapes, new scratch (the gradients reuse some of it)
+                assert rt.allocations > allocated
+            allocated, n_gemms = rt.allocations, len(gemms)
+            for _ in range(2):
+                out[...] = 7
+                kernels[name](*ins, out=out, runtime=rt, **attrs)
+                assert_close(out, want, np.float32,
+                             scale=_conv_scale(name, *ins, *shape, **attrs))
+            assert rt.allocations == allocated, name
+            assert gemms[n_gemms:] == [2 if attrs["groups"] == 1 else 3] * 2, name
+
+
+@needs_cuda
+def test_conv2d_falls_back_to_the_reference_for_other_dtypes(kernels):
+    rng = np.random.default_rng(24)
+    x = rng.normal(size=(2, 2, 4, 4)).astype(np.float16)
+    w = rng.normal(size=(3, 2, 3, 3)).astype(np.float16)
+    attrs = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    got, want = run_op(kernels, "conv2d", x, w, **attrs)
+    np.testing.assert_array_equal(got, want)
+
+
+# --- layer_norm, batch_norm ----------------------------------------------------------------
+AFFINE = [(False, False), (True, False), (False, True), (True, True)]
+
+
+def _norm_vectors(shape, dtype, has_weight, has_bias, rng):
+    return [rng.normal(size=shape).astype(dtype) for flag in (has_weight, has_bias) if flag]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("affine", AFFINE, ids=["plain", "weight", "bias", "both"])
+def test_layer_norm(no_fallback, kernels, dtype, affine):
+    """Over one, two and all axes, a 1-D input, rows longer than the lanes, an offset
+    far from zero, a constant row (variance 0: eps alone), odd shapes."""
+    rng = np.random.default_rng(25)
+    has_weight, has_bias = affine
+    x3 = (rng.normal(size=(3, 4, 5)) * 3 + 100).astype(dtype)
+    x3[1, 2] = 4.0  # a constant row along the last axis
+    cases = [(x3, (5,), 1e-5), (x3, (4, 5), 1e-5), (x3, (3, 4, 5), 1e-3),
+             (rng.normal(size=(7,)).astype(dtype), (7,), 1e-5),
+             (rng.normal(size=(2, 70)).astype(dtype), (70,), 0.1)]
+    for x, shape, eps in cases:
+        attrs = dict(normalized_shape=shape, eps=eps, has_weight=has_weight,
+                     has_bias=has_bias)
+        vecs = _norm_vectors(shape, dtype, has_weight, has_bias, rng)
+        for launch in LAUNCHES.values():
+            got, want = run_op(kernels, "layer_norm", x, *vecs, launch=launch, **attrs)
+            assert_close(got, want, dtype, scale=10)
+
+
+@needs_cuda
+def test_layer_norm_of_a_strided_view(no_fallback, kernels):
+    rng = np.random.default_rng(26)
+    x = rng.normal(size=(4, 3, 6)).transpose(1, 0, 2)  # leading axes that do not merge
+    w, b = rng.normal(size=6), rng.normal(size=6)
+    attrs = dict(normalized_shape=(6,), eps=1e-5, has_weight=True, has_bias=True)
+    got, want = run_op(kernels, "layer_norm", x, w, b, **attrs)
+    assert_close(got, want, np.float64, scale=10)
+    x = rng.normal(size=(3, 5, 4)).transpose(0, 2, 1)  # normalised axes transposed
+    w, b = rng.normal(size=(4, 5)), rng.normal(size=(4, 5))
+    attrs["normalized_shape"] = (4, 5)
+    got, want = run_op(kernels, "layer_norm", x, w, b, **attrs)
+    assert_close(got, want, np.float64, scale=10)
+
+
+def _bn_inputs(shape, dtype, training, has_weight, has_bias, rng):
+    x = (rng.normal(size=shape) * 2 + 5).astype(dtype)
+    c = shape[1]
+    stats = [] if training else [rng.normal(size=c).astype(dtype),
+                                 rng.uniform(0.2, 3.0, size=c).astype(dtype)]
+    return [x] + stats + _norm_vectors((c,), dtype, has_weight, has_bias, rng)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+@pytest.mark.parametrize("affine", AFFINE, ids=["plain", "weight", "bias", "both"])
+def test_batch_norm(no_fallback, kernels, dtype, training, affine):
+    """(N, C), NCHW, N = 1, one value per channel across H*W only, C = 1, a channel with a
+    constant value (variance 0)."""
+    rng = np.random.default_rng(27)
+    has_weight, has_bias = affine
+    attrs = dict(training=training, eps=1e-5, has_weight=has_weight, has_bias=has_bias)
+    for shape in [(5, 3), (2, 3, 4, 5), (1, 4, 7), (4, 3, 1, 1), (3, 1, 2, 3)]:
+        arrays = _bn_inputs(shape, dtype, training, has_weight, has_bias, rng)
+        arrays[0][:, 0] = 1.5
+        for launch in LAUNCHES.values():
+            got, want = run_op(kernels, "batch_norm", *arrays, launch=launch, **attrs)
+            assert_close(got, want, dtype, scale=10)
+
+
+@needs_cuda
+@pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
+def test_batch_norm_of_a_channels_last_view(no_fallback, kernels, training):
+    rng = np.random.default_rng(28)
+    arrays = _bn_inputs((2, 3, 4, 5), np.float64, training, True, True, rng)
+    arrays[0] = np.ascontiguousarray(arrays[0].transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)
+    attrs = dict(training=training, eps=1e-5, has_weight=True, has_bias=True)
+    got, want = run_op(kernels, "batch_norm", *arrays, **attrs)
+    assert_close(got, want, np.float64, scale=10)
+
+
+@needs_cuda
+def test_norms_fall_back_to_the_reference_for_other_dtypes(kernels):
+    x = np.linspace(-2, 2, 12, dtype=np.float16).reshape(3, 4)
+    attrs = dict(normalized_shape=(4,), eps=1e-5, has_weight=False, has_bias=False)
+    got, want = run_op(kernels, "layer_norm", x, **attrs)
+    np.testing.assert_array_equal(got, want)
+    attrs = dict(training=True, eps=1e-5, has_weight=False, has_bias=False)
+    got, want = run_op(kernels, "batch_norm", x, **attrs)
+    np.testing.assert_array_equal(got, want)
+
+
+# --- concat, getitem, getitem_grad, scatter_slices -----------------------------------------
+@needs_cuda
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, bool])
+def test_concat_along_every_axis(no_fallback, kernels, dtype):
+    """Odd sizes, an empty operand, a transposed operand, 1-D and 3-D."""
+    rng = np.random.default_rng(29)
+
+    def arr(*shape):
+        return (rng.normal(size=shape) * 4).astype(dtype)
+    cases = [([arr(2, 3, 4), arr(1, 3, 4), arr(3, 3, 4)], 0),
+             ([arr(2, 1, 4), arr(2, 0, 4), arr(2, 5, 4)], 1),
+             ([arr(2, 3, 1), arr(2, 2, 3).transpose(1, 2, 0), arr(2, 3, 3)], -1),
+             ([arr(3), arr(5)], 0)]
+    for xs, axis in cases:
+        for launch in LAUNCHES.values():
+            got, want = run_op(kernels, "concat", *xs, launch=launch, axis=axis)
+            np.testing.assert_array_equal(got, want)
+
+
+def _index_cases():
+    from graphc.ops.shape_ops import _encode_index
+    indexes = [(slice(1, None, 2),), (slice(None), 2), (slice(None, None, -1), None, 1),
+               (Ellipsis, slice(4, 0, -2)), (1, 2, 3), (None, slice(1, 3), Ellipsis, None),
+               (slice(-2, None), slice(0, 0))]
+    return [_encode_index(i, 3) for i in indexes]
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_getitem_and_its_gradient(no_fallback, kernels, dtype):
+    """Steps, negative steps, ints (a 0-d result), None, Ellipsis and an empty slice."""
+    rng = np.random.default_rng(30)
+    x = rng.normal(size=(3, 4, 5)).astype(dtype)
+    for index in _index_cases():
+        got, want = run_op(kernels, "getitem", x, index=index)
+        np.testing.assert_array_equal(got, want)
+        g = rng.normal(size=want.shape).astype(dtype)
+        got, want = run_op(kernels, "getitem_grad", g, x.shape, index=index)
+        np.testing.assert_array_equal(got, want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", FLOATS)
+@pytest.mark.parametrize("launch", list(LAUNCHES))
+def test_scatter_slices(no_fallback, kernels, dtype, launch):
+    """Overlapping slices add in order (exactly the reference's sums); disjoint ones that
+    cover the output (an LSTM's gates); a float32 gradient into a float64 sum."""
+    from graphc.ops.shape_ops import _encode_index
+    rng = np.random.default_rng(31)
+    indices = _index_cases()
+    shapes = [reference("getitem", np.empty((3, 4, 5)), index=i).shape for i in indices]
+    gs = [rng.normal(size=s).astype(dtype) for s in shapes]
+    got, want = run_op(kernels, "scatter_slices", (3, 4, 5), *gs, indices=tuple(indices),
+                       launch=LAUNCHES[launch])
+    np.testing.assert_array_equal(got, want)
+    gates = tuple(_encode_index((slice(None), slice(2 * k, 2 * k + 2)), 2) for k in range(4))
+    gs = [rng.normal(size=(3, 2)).astype(dtype) for _ in gates]
+    got, want = run_op(kernels, "scatter_slices", (3, 8), *gs, indices=gates,
+                       launch=LAUNCHES[launch])
+    np.testing.assert_array_equal(got, want)
+    mixed = [gs[0].astype(np.float32), gs[1].astype(np.float64)]
+    got, want = run_op(kernels, "scatter_slices", (3, 8), *mixed, indices=gates[:2],
+                       launch=LAUNCHES[launch])
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_cuda
+def test_slicing_falls_back_above_six_dimensions(kernels):
+    rng = np.random.default_rng(32)
+    xs = [rng.normal(size=(1, 2, 1, 2, 1, 2, n)) for n in (1, 2)]
+    got, want = run_op(kernels, "concat", *xs, axis=6)
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_cuda
+def test_tables_have_the_conv_norm_and_slicing_kernels(kernels):
+    assert {"conv2d", "conv2d_input_grad", "conv2d_weight_grad", "layer_norm", "batch_norm",
+            "concat", "getitem", "getitem_grad", "scatter_slices"} <= set(kernels)
+    assert all(hasattr(kernels[n], "prepare")
+               for n in ("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
