@@ -2,10 +2,10 @@
 
 Declare a graph once, ask for symbolic gradients, compile outputs, gradients and parameter
 updates into one execution plan, and run it."""
-from . import backends, config, data, io, nn, optim, testing, train  # noqa: F401
+from . import backends, config, data, distributed, io, nn, optim, testing, train  # noqa: F401
 from .autodiff import grad
-from .errors import (CompileError, FeedError, GradientError, GraphcError,  # noqa: F401
-                     GraphError, NumericsError, ResourceError, ShapeError)
+from .errors import (CompileError, DistributedError, FeedError, GradientError,  # noqa: F401
+                     GraphcError, GraphError, NumericsError, ResourceError, ShapeError)
 from .data import DataError  # noqa: F401
 from .function import Function, compile
 from .io import CheckpointError, load, save  # noqa: F401
@@ -30,5 +30,5 @@ __all__ = [
     "Graph", "Tensor", "Placeholder", "Parameter", "Function", "placeholder", "parameter",
     "constant", "get_default_graph", "reset_default_graph", "grad", "compile", "optim",
     "testing", "GraphcError", "GraphError", "ShapeError", "FeedError", "GradientError",
-    "CompileError", "DataError", "CheckpointError", "NumericsError", "ResourceError", "data", "io", "save", "load", "nn", "train", "fit",
+    "CompileError", "DistributedError", "DataError", "CheckpointError", "NumericsError", "ResourceError", "data", "io", "save", "load", "nn", "train", "fit", "distributed",
 ]

@@ -33,3 +33,9 @@ class NumericsError(GraphcError, FloatingPointError):
 class ResourceError(GraphcError, MemoryError):
     """The plan's memory does not fit (the machine's, or memory_limit / GRAPHC_MEMORY_LIMIT);
     the message gives the plan's need and what to change."""
+
+
+class DistributedError(GraphcError):
+    """Data-parallel training failed across ranks: a collective timed out (the message names
+    it and the ranks that did not arrive) or the ranks compiled different plans (the message
+    names the ranks and the first difference)."""

@@ -50,9 +50,13 @@ def _check_updates(updates: dict, graph) -> list:
     return pairs
 
 
+DEFAULT_BUCKET_BYTES = 25 * 2**20  # as torch DDP's bucket_cap_mb=25
+
+
 def compile(outputs, updates: dict | None = None, optimizer=None, backend: str | None = None,
             optimize: bool = True, passes=None, check_numerics: bool = False,
-            memory_limit=None) -> "Function":  # noqa: A001
+            memory_limit=None, data_parallel=None,
+            bucket_bytes: int = DEFAULT_BUCKET_BYTES) -> "Function":  # noqa: A001
     """Compile outputs (tensor, list or dict), parameter updates and an optimizer's step into
     one plan; returns a callable Function. `optimize=False` skips the compiler passes;
     `passes=[...]` (names from graphc.passes.PASSES or callables, and "fuse" for kernel
@@ -60,11 +64,20 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str |
     and raises NumericsError at the first NaN or Inf, leaving the parameters as they were.
     `memory_limit` (bytes, or "512M"; default $GRAPHC_MEMORY_LIMIT) caps what a bound plan
     may allocate: a plan that needs more raises ResourceError. `backend`: a registered
-    name ("numpy", alias "cpu"), "auto", or None for gc.config.backend."""
+    name ("numpy", alias "cpu"), "auto", or None for gc.config.backend.
+
+    `data_parallel=comm` (a gc.distributed communicator) averages the optimizer's gradients
+    over the ranks inside the plan, between backward and the updates, in buckets of about
+    `bucket_bytes` whose non-blocking allreduces start as soon as their last gradient is
+    computed; the first call copies rank 0's parameters and optimizer state to every rank
+    and checks that every rank compiled the same plan. Each rank gets its own loss back."""
     from . import config
     from .passes import DEFAULT_PASSES, Program, run_passes
     from .passes import simplify as _simplify
-    backend = _backends.resolve(config.backend if backend is None else backend)
+    requested = config.backend if backend is None else backend
+    if data_parallel is not None:  # before resolving: the message is the same on any machine
+        _check_backend(requested)
+    backend = _backends.resolve(requested)
     if memory_limit is not None:
         memory_limit = _memory.parse_bytes(memory_limit)
     pipeline = tuple(passes) if passes is not None else (DEFAULT_PASSES if optimize else ())
@@ -75,11 +88,17 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str |
         raise CompileError("compile: nothing to compute (no outputs and no updates)")
     if all_tensors:
         same_graph(all_tensors, "compile")
+    if data_parallel is not None:
+        _check_data_parallel(data_parallel, optimizer, backend)
     if optimizer is not None:
         loss = _loss_of(outputs, flat)
         if "simplify" in pipeline:  # differentiate the stable form, not the one as written
             loss = _simplify.run(Program((loss,))).outputs[0]
-        for p, v in optimizer.updates(loss).items():
+        stepped = optimizer.updates(loss)
+        if data_parallel is not None:
+            from .distributed.gradients import reduce_gradients
+            stepped = reduce_gradients(loss, optimizer.params, stepped)
+        for p, v in stepped.items():
             if p in updates:
                 raise CompileError(f"compile: parameter '{p.name}' is updated both by "
                                    f"`updates` and by the optimizer")
@@ -90,6 +109,10 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str |
     graph_passes = [p for p in pipeline if p != "fuse"]
     program = run_passes(Program(tuple(flat), tuple(pairs)), graph_passes)
     plan = lower(list(program.outputs), list(program.updates))
+    if data_parallel is not None:
+        from .plan import make_buckets
+        plan.buckets = make_buckets(plan, bucket_bytes)
+        plan.comm = data_parallel
     _backends.check_supported(backend, plan.steps)
     fn = Function(plan, rebuild, backend, fuse=optimize and passes is None
                   or "fuse" in pipeline, check_numerics=check_numerics,
@@ -99,6 +122,31 @@ def compile(outputs, updates: dict | None = None, optimizer=None, backend: str |
             outs, updates=updates, backend=backend, optimize=optimize, passes=passes,
             check_numerics=check_numerics, memory_limit=memory_limit))
     return fn
+
+
+def _check_data_parallel(comm, optimizer, backend: str) -> None:
+    """CompileError unless data_parallel can run as asked."""
+    from .distributed import Communicator
+    if not isinstance(comm, Communicator):
+        raise CompileError(f"compile: data_parallel must be a communicator from "
+                           f"gc.distributed.mpi(), got {comm!r}")
+    if optimizer is None:
+        raise CompileError("compile: data_parallel averages an optimizer's gradients over "
+                           "the ranks; pass optimizer= (for example gc.optim.SGD(lr=0.1))")
+    from .optim import Optimizer
+    if type(optimizer).attach is not Optimizer.attach:
+        raise CompileError(f"compile: data_parallel does not support "
+                           f"{type(optimizer).__name__} yet: it compiles steps of its own "
+                           f"(a Hessian estimate) whose results are not averaged over ranks; "
+                           f"use SGD, Adam, AdamW, RMSprop, Adagrad or Adadelta")
+    _check_backend(backend)
+
+
+def _check_backend(name: str) -> None:
+    if name not in ("numpy", "cpu", "auto"):
+        raise CompileError(f"compile: data_parallel runs on the CPU backend (\"numpy\") "
+                           f"for now, not backend={name!r}: the GPU backend's allreduce "
+                           f"(NCCL) is later work; compile with backend=\"numpy\"")
 
 
 _GRAPH_LOCKS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -147,6 +195,46 @@ class Function:
         self._optimizer = optimizer
         self.aux_outputs = None  # what an optimizer's extra step returned (Sophia)
         self._epoch = None  # the graph's storage epoch the compiled entries were bound at
+        self._synchronized = False
+
+    @property
+    def communicator(self):
+        """The data-parallel communicator (compile(data_parallel=...)), or None."""
+        return self.symbolic_plan.comm
+
+    @property
+    def buckets(self) -> list:
+        """The gradient buckets of a data-parallel step (graphc.plan.Bucket), in the order
+        their allreduces start; empty otherwise."""
+        return list(self.symbolic_plan.buckets)
+
+    def synchronize(self, root: int = 0) -> None:
+        """Data parallel: check that every rank compiled the same plan (DistributedError on
+        every rank naming the ranks and the first difference), then copy `root`'s
+        parameters and optimizer state (everything the plan reads) to every rank. The first
+        call does this; call it again after changing parameters on one rank only (such as a
+        checkpoint loaded by rank 0). Every rank must call it."""
+        comm = self.communicator
+        if comm is None:
+            raise CompileError("synchronize: this Function was not compiled with "
+                               "data_parallel=")
+        with self._lock:
+            comm.check_same(self.symbolic_plan.fingerprint(), "plan")
+            params = [p for p, _ in self.symbolic_plan.params]
+            for p in params:
+                self._backend.runtime.adopt(p)
+            host = [np.ascontiguousarray(p.storage.host()) for p in params]
+            sizes = [a.nbytes for a in host]
+            flat = np.empty(sum(sizes), np.uint8)
+            offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+            if comm.rank == root:
+                for a, o, n in zip(host, offsets, sizes):
+                    flat[o:o + n] = a.reshape(-1).view(np.uint8)
+            comm.broadcast(flat, root=root, what=f"broadcast of the parameters from rank {root}")
+            if comm.rank != root:
+                for p, a, o, n in zip(params, host, offsets, sizes):
+                    p.storage.write(flat[o:o + n].view(a.dtype).reshape(a.shape))
+            self._synchronized = True
 
     @property
     def plan(self):
@@ -178,6 +266,8 @@ class Function:
                 backend.runtime.adopt(p)
             try:
                 run = backend.compile_bound(bound, watch=watch)
+            except ResourceError:  # the backend's own: it says what was asked and is free
+                raise
             except MemoryError as e:
                 raise _memory.resource_error(bound, feed_shapes, f"the machine could not "
                                              f"allocate it ({type(e).__name__})") from e
@@ -222,6 +312,8 @@ class Function:
         given = self._feeds.collect(feeds, kwargs)
         arrays = self._feeds.arrays(given)
         with self._lock:
+            if not self._synchronized and self.symbolic_plan.comm is not None:
+                self.synchronize()  # before binding: it may adopt parameters' storage
             entry = self._compiled_for([a.shape for a in arrays])
             self._feeds.check_indices(arrays, entry[0])
             self._last = entry

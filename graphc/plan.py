@@ -4,9 +4,10 @@ shape for a set of feed shapes; the scheduler (graphc.schedule) then makes the b
 that backends compile."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from .errors import FeedError
+from .errors import CompileError, FeedError
 from .graph import Constant, Parameter, Placeholder, Tensor, format_shape, topo_order
 from .ops.registry import InferError
 
@@ -35,6 +36,10 @@ class Plan:
     steps: list  # [Step]
     outputs: list  # output slots, in the user's (flattened) order
     updates: list  # [(parameter, slot of its new value)]
+    # data-parallel steps: the gradient allreduces packed into buckets (make_buckets), and
+    # the communicator they run over
+    buckets: list = field(default_factory=list)  # [Bucket]
+    comm: Any = None
 
     def bind(self, feed_shapes: dict) -> list:
         """Concrete shape of every slot for these feed shapes (placeholder -> shape)."""
@@ -80,9 +85,103 @@ class Plan:
         if self.updates:
             ups = ", ".join(f"{p.name} <- %{s}" for p, s in self.updates)
             lines.append(f"  updates: {ups}")
+        lines += [f"  {b.describe()}" for b in self.buckets]
         return "\n".join(lines)
 
+    def fingerprint(self) -> list:
+        """What must agree across the ranks of a data-parallel step, one line per item:
+        feeds, parameters (names, shapes, dtypes), steps (ops, inputs, shapes, dtypes,
+        simple attributes), outputs, updates and buckets."""
+        lines = [f"feed {ph.name} {_fmt(ph)}" for ph, _ in self.feeds]
+        lines += [f"parameter {p.name} {_fmt(p)}" for p, _ in self.params]
+        lines += [f"constant {_fmt(c)}" for c, _ in self.consts]
+        for st in self.steps:
+            attrs = ", ".join(f"{k}={v!r}" for k, v in sorted(st.node.attrs.items())
+                              if isinstance(v, (int, float, str, bool, tuple, type(None))))
+            ins = ", ".join(f"%{s}" for s in st.inputs)
+            lines.append(f"%{st.slot} = {st.op.name}({ins}) [{attrs}] {_fmt(st.node)}")
+        lines.append("outputs " + ", ".join(f"%{s}" for s in self.outputs))
+        lines.append("updates " + ", ".join(f"{p.name} <- %{s}" for p, s in self.updates))
+        lines += [b.describe() for b in self.buckets]
+        return lines
+
     __str__ = summary
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Gradients averaged over ranks by one allreduce of one flat buffer: `grads` are the
+    gradients' slots, `reduced` the slots of their means (the allreduce steps), `offsets`
+    and `sizes` their places in the flat buffer (in elements), in packing order."""
+
+    index: int
+    dtype: Any
+    grads: tuple
+    reduced: tuple
+    names: tuple  # the parameters whose gradients these are
+    offsets: tuple
+    sizes: tuple
+
+    @property
+    def numel(self) -> int:
+        return sum(self.sizes)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * self.dtype.itemsize
+
+    def describe(self) -> str:
+        from .memory import format_bytes
+        members = ", ".join(f"%{g} ({n})" for g, n in zip(self.grads, self.names))
+        return (f"bucket {self.index}: {len(self.grads)} gradient(s), {self.numel} "
+                f"{self.dtype} ({format_bytes(self.nbytes)}): {members}")
+
+
+def make_buckets(plan: Plan, bucket_bytes: int | float) -> list:
+    """Pack the plan's allreduce steps into buckets of about `bucket_bytes` each, per
+    dtype, in the order the plan produces the gradients (DDP uses the reverse parameter
+    order as its guess of that order): a bucket is closed when the next gradient would take
+    it past `bucket_bytes`, so a gradient larger than that gets a bucket of its own.
+    Buckets are numbered by when their last gradient is ready, the order their allreduces
+    start in on every rank."""
+    import numpy as np
+    if not isinstance(bucket_bytes, (int, float, np.integer, np.floating)) \
+            or isinstance(bucket_bytes, bool) or not bucket_bytes >= 1:
+        raise CompileError(f"compile: bucket_bytes must be a positive number of bytes "
+                           f"(such as 25 * 2**20), got {bucket_bytes!r}")
+    bucket_bytes = int(bucket_bytes)
+    position = {st.slot: i for i, st in enumerate(plan.steps)}
+    steps = [st for st in plan.steps if getattr(st.op, "collective", None) is not None]
+    steps.sort(key=lambda st: position.get(st.inputs[0], -1))
+    open_: dict = {}  # dtype -> [steps, bytes]
+    closed = []  # full buckets: lists of steps
+    for st in steps:
+        dtype = np.dtype(st.node.dtype)
+        if dtype.name not in ("float32", "float64"):
+            raise CompileError(f"compile(data_parallel=...): gradients must be float32 or "
+                               f"float64 to be averaged over ranks, got {dtype} for "
+                               f"{st.node.attrs.get('of', '?')}")
+        size = int(np.prod(st.node.shape, dtype=np.int64)) * dtype.itemsize
+        cur = open_.get(dtype)
+        if cur is not None and cur[0] and cur[1] + size > bucket_bytes:
+            closed.append(cur[0])
+            cur = None
+        if cur is None:
+            cur = open_[dtype] = [[], 0]
+        cur[0].append(st)
+        cur[1] += size
+    closed += [cur[0] for cur in open_.values() if cur[0]]
+    closed.sort(key=lambda group: max(position.get(st.inputs[0], -1) for st in group))
+    buckets = []
+    for index, group in enumerate(closed):
+        sizes = [int(np.prod(st.node.shape, dtype=np.int64)) for st in group]
+        offsets = [int(x) for x in np.cumsum([0] + sizes[:-1])]
+        buckets.append(Bucket(index, np.dtype(group[0].node.dtype),
+                              tuple(st.inputs[0] for st in group),
+                              tuple(st.slot for st in group),
+                              tuple(st.node.attrs.get("of", "?") for st in group),
+                              tuple(offsets), tuple(sizes)))
+    return buckets
 
 
 def _fmt(node: Tensor) -> str:

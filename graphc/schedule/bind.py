@@ -3,11 +3,14 @@ BoundPlan, through no-op aliasing, constant folding, fusion, recompute, GEMM-upd
 and memory planning, in that order, each tuned by the backend's Capabilities."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..plan import Plan, Step
 from .bound import BoundPlan
 from .capabilities import CPU_DEFAULT, Capabilities
+from .collectives import schedule_collectives
 from .fusion import group
 from .gemm_update import fuse_gemm_updates
 from .memory_plan import plan_memory
@@ -17,7 +20,8 @@ from .recompute import recompute_cheap_values
 def bind(plan: Plan, feed_shapes: dict, caps: Capabilities = CPU_DEFAULT,
          fuse: bool = True) -> BoundPlan:
     """Specialize a plan to concrete feed shapes for a backend with capabilities `caps`:
-    no-op removal, constant folding, fusion, recompute, GEMM-update fusion, memory plan.
+    no-op removal, constant folding, fusion, recompute, the buckets' allreduces (data
+    parallel), GEMM-update fusion, memory plan.
     `fuse=False` (compile(optimize=False)) keeps one kernel per op."""
     fuse = fuse and caps.fuse
     shapes = plan.bind(feed_shapes)
@@ -31,12 +35,13 @@ def bind(plan: Plan, feed_shapes: dict, caps: Capabilities = CPU_DEFAULT,
     # Readers of a no-op's result read its source directly; the no-op stays only as an
     # alias, for outputs and updates that name it.
     steps = [Step(st.slot, st.node, tuple(canon(s) for s in st.inputs)) for st in plan.steps]
-    plan = Plan(plan.nodes, plan.feeds, plan.params, plan.consts, steps, plan.outputs,
-                plan.updates)
+    plan = dataclasses.replace(plan, steps=steps)
     folded = _fold_constants(plan, shapes, aliased, caps.fold_limit)
     kernels = group(plan, shapes, aliased, folded, fuse=fuse, pairs=caps.pairs)
     if fuse and caps.recompute:
         kernels = recompute_cheap_values(kernels, plan, shapes, caps)
+    if plan.buckets:  # before GEMM-update fusion, which reads the final kernel order
+        kernels = schedule_collectives(kernels, plan)
     if fuse and caps.gemm_update:
         kernels = fuse_gemm_updates(kernels, plan, shapes)
     memory = plan_memory(kernels, plan, shapes, align=caps.alignment)
@@ -55,6 +60,8 @@ def _fold_constants(plan: Plan, shapes: list, aliased: dict, limit: int) -> dict
                 values[st.slot] = values[aliased[st.slot]]
             continue
         data = [s for i, s in enumerate(st.inputs) if i not in op.shape_only]
+        if getattr(op, "collective", None) is not None:
+            continue  # every rank runs every collective, whatever its shapes fold
         if op.reference is None or not all(s in values for s in data) or \
                 int(np.prod(shapes[st.slot], dtype=np.int64)) > limit:
             continue

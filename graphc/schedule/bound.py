@@ -37,6 +37,9 @@ class BoundPlan:
         for k in self.kernels:
             if k.kind in ("alias", "const"):
                 continue
+            if k.kind in ("allreduce_start", "allreduce_wait"):
+                lines.append(self._collective(k))
+                continue
             outs = ", ".join(f"%{s}" for s in k.outputs)
             ins = ", ".join(f"%{s}" for s in k.inputs)
             where = self._buffers(k)
@@ -56,6 +59,11 @@ class BoundPlan:
             ups = ", ".join(f"{p.name} <- %{s}" + (" (in place)" if s in mem.param_writes
                                                     else "") for p, s in self.plan.updates)
             lines.append(f"  updates: {ups}")
+        if self.plan.buckets:
+            size = getattr(self.plan.comm, "size", "?")
+            total = sum(b.nbytes for b in self.plan.buckets)
+            lines.append(f"  data parallel: {len(self.plan.buckets)} bucket(s), "
+                         f"{format_bytes(total)} of gradients averaged over {size} rank(s)")
         lines.append(f"  memory: arena {format_bytes(mem.arena_bytes)} (liveness lower bound "
                      f"{format_bytes(mem.lower_bound)}; one buffer per node: "
                      f"{format_bytes(mem.naive_bytes)})")
@@ -108,12 +116,28 @@ class BoundPlan:
                 shared[j] = position[src]
         return shared
 
+    def _collective(self, k) -> str:
+        from ..memory import format_bytes
+        b = k.bucket
+        at = self.memory.buckets.get(b.index)
+        where = f" @{at}" if at is not None else ""
+        if k.kind == "allreduce_start":
+            grads = ", ".join(f"%{s}" for s in k.inputs)
+            return (f"  {'':<12}   allreduce start bucket {b.index}({grads})  "
+                    f"{len(b.grads)} gradient(s), {b.numel} {b.dtype} "
+                    f"({format_bytes(b.nbytes)}) [flat{where}]: {', '.join(b.names)}")
+        outs = ", ".join(f"%{s}" for s in k.outputs)
+        return (f"  {outs:<12} = allreduce wait bucket {b.index}  (mean over ranks) "
+                f"[views of flat{where}]")
+
     def _buffers(self, k) -> str:
         mem = self.memory
         spots = []
         for s in k.outputs:
             if s in mem.param_writes:
                 spots.append(f"%{s} into {mem.param_writes[s].name}")
+            elif s in mem.in_bucket:
+                spots.append(f"%{s} in bucket {mem.in_bucket[s]}")
             elif s in mem.inplace:
                 spots.append(f"%{s} in place of %{mem.inplace[s]}")
             elif s in mem.offsets:

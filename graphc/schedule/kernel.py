@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 # "fused": elementwise steps over one iteration shape, with trailing reductions and an
 # epilogue; "op": one non-elementwise step (or a pair the backend runs together); "gemm": a
 # matmul with the SGD update in its epilogue; "view": a view of another buffer; "alias": a
-# no-op (reshape to the same shape); "const": a value folded at bind time.
-KINDS = ("fused", "op", "gemm", "view", "alias", "const")
+# no-op (reshape to the same shape); "const": a value folded at bind time; "allreduce_start"
+# and "allreduce_wait" (data-parallel steps): a bucket of gradients packed into its flat
+# buffer and its non-blocking allreduce started, then waited for, its means read as views.
+KINDS = ("fused", "op", "gemm", "view", "alias", "const", "allreduce_start", "allreduce_wait")
 COMPUTING = ("fused", "op", "gemm")
 
 
@@ -26,6 +28,7 @@ class Kernel:
     # sum), run once the main loop is done, over epilogue_shape.
     epilogue: list = field(default_factory=list)  # slots
     epilogue_shape: tuple | None = None
+    bucket: object = None  # the plan's Bucket, for allreduce_start and allreduce_wait
 
     def late(self) -> set:
         """Slots that exist only after the main loop: reductions and the epilogue."""

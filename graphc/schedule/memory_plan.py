@@ -26,6 +26,10 @@ class MemoryPlan:
     inplace: dict = field(default_factory=dict)  # out slot -> input slot whose range it takes
     param_writes: dict = field(default_factory=dict)  # update slot -> parameter written in place
     external: set = field(default_factory=set)  # outputs written straight into returned arrays
+    # data parallel: bucket index -> byte offset of its flat buffer (its means are views),
+    # and the gradients computed straight into a bucket -> its index
+    buckets: dict = field(default_factory=dict)
+    in_bucket: dict = field(default_factory=dict)
 
 
 def nbytes(shape, dtype) -> int:
@@ -110,16 +114,35 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
                 and not reads_view and s not in plan.outputs):
             param_writes[s] = p
 
+    resident, alloc_at = _bucket_residents(kernels, plan, base, leaves | external |
+                                           set(param_writes))
     arena = _Arena(align)
     offsets: dict[int, int] = {}
     inplace: dict[int, int] = {}
     alive: set[int] = set()
     born: dict[int, int] = {}
+    buckets: dict[int, int] = {}
+    bucket_end: dict[int, tuple] = {}  # bucket index -> (last reader of its means, bytes)
     for i, k in enumerate(kernels):
-        if k.kind in ("view", "alias", "const"):
+        for b in alloc_at.get(i, ()):  # the flat buffer lives until its means are read
+            buckets[b.index] = arena.alloc(b.nbytes)
+            bucket_end[b.index] = (max([i] + [last.get(r, i) for r in b.reduced]), b.nbytes)
+        if k.kind == "allreduce_wait":
+            b = k.bucket
+            for r, off in zip(b.reduced, b.offsets):
+                offsets[r] = buckets[b.index] + off * b.dtype.itemsize
+        for j, (end_at, nb) in list(bucket_end.items()):
+            if end_at < i:
+                arena.release(buckets[j], nb)
+                del bucket_end[j]
+        if k.kind in ("view", "alias", "const", "allreduce_start", "allreduce_wait"):
             continue
         for out in k.outputs:
             if out in param_writes or out in leaves or out in external:
+                continue
+            if out in resident:  # a gradient computed straight into its bucket
+                b, off = resident[out]
+                offsets[out] = buckets[b.index] + off * b.dtype.itemsize
                 continue
             born[out] = i
             donor = None
@@ -144,7 +167,38 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
             alive.remove(s)
     lower = _liveness_bound(born, last, size, len(kernels), inplace)
     naive = sum(size[st.slot] for st in plan.steps)
-    return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external)
+    return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external,
+                      buckets, {g: b.index for g, (b, _) in resident.items()})
+
+
+def _bucket_residents(kernels, plan, base, excluded: set) -> tuple[dict, dict]:
+    """Data parallel, as DDP's gradient_as_bucket_view: the gradients a kernel can write
+    straight into their place in the bucket's flat buffer (no copy at the allreduce's start)
+    -- computed by a fused or op kernel, read by the start alone, not a view, an output or
+    an update. Returns ({gradient slot: (bucket, element offset)}, {kernel index: buckets
+    whose flat buffer is allocated there}): at the start, or at the first resident's
+    producer."""
+    resident: dict[int, tuple] = {}
+    alloc_at: dict[int, list] = {}
+    made = {s: i for i, k in enumerate(kernels) if k.kind in ("fused", "op") for s in k.outputs}
+    readers: dict[int, set] = {}
+    for i, k in enumerate(kernels):
+        for s in k.inputs:
+            readers.setdefault(base[s], set()).add(i)
+    roots = set(plan.outputs) | {s for _, s in plan.updates}
+    for i, k in enumerate(kernels):
+        if k.kind != "allreduce_start":
+            continue
+        b, first = k.bucket, i
+        for st, off in zip(k.steps, b.offsets):
+            g = st.inputs[0]
+            if g in made and base[g] == g and g not in resident and g not in roots \
+                    and g not in excluded and readers.get(g) == {i} \
+                    and plan.nodes[g].dtype == b.dtype:
+                resident[g] = (b, off)
+                first = min(first, made[g])
+        alloc_at.setdefault(first, []).append(b)
+    return resident, alloc_at
 
 
 def _liveness_bound(born: dict, last: dict, size: list, n: int, inplace: dict) -> int:

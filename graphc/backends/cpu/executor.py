@@ -92,13 +92,17 @@ class _Builder:
         for s in sorted(mem.external):
             self.ns[f"OUT{s}"] = _recycler(bp.shapes[s], dtypes[s])
             self.lines.append(f"    v{s} = OUT{s}()")
+        self.inflight: set[int] = set()  # buckets started and not yet waited for
         for i, k in enumerate(bp.kernels):
-            watched = self.watch is not None and k.kind in ("fused", "op", "gemm")
+            computing = k.kind in ("fused", "op", "gemm")
+            watched = self.watch is not None and computing
             if watched:
                 self._watch("before", i, k.inputs)
             getattr(self, f"_{k.kind}")(i, k)
             if watched:
                 self._watch("after", i, k.outputs)
+            if computing and self.inflight:  # MPI moves a started bucket only inside MPI calls
+                self.lines.append("    COMM.poll()")
         self._updates()
         handed: set[int] = set()
         outs = ""
@@ -185,6 +189,32 @@ class _Builder:
         out = self.ref(k.outputs[0])
         self.ns[f"G{i}"] = _gemm_update(blas.gemm(self.bp.plan.nodes[k.outputs[0]].dtype))
         self.lines.append(f"    G{i}({a}, {b}, {lr}, {w}, {out})")
+
+    def _allreduce_start(self, i, k):
+        """Pack the bucket's gradients into its flat buffer (in the arena; those the memory
+        plan computed there already stay), start its non-blocking allreduce."""
+        b, arena = k.bucket, self.ns["ARENA"]
+        off = self.bp.memory.buckets[b.index]
+        flat = arena[off:off + b.nbytes].view(b.dtype)
+        self.ns["COMM"] = self.bp.plan.comm
+        self.ns[f"FLAT{b.index}"] = flat
+        self.ns[f"WHAT{b.index}"] = (f"allreduce of bucket {b.index} "
+                                     f"({len(b.grads)} gradient(s): {', '.join(b.names)})")
+        grads = [st.inputs[0] for st in k.steps]  # bound (canonical) slots, in bucket order
+        for j, (g, o, n) in enumerate(zip(grads, b.offsets, b.sizes)):
+            if self.bp.memory.offsets.get(g) == off + o * b.dtype.itemsize:
+                continue  # computed in its place in the flat buffer already
+            self.ns[f"PK{b.index}_{j}"] = flat[o:o + n].reshape(self.bp.shapes[g])
+            self.lines.append(f"    np.copyto(PK{b.index}_{j}, {self.ref(g)})")
+        self.lines.append(f"    Q{b.index} = COMM.start_allreduce_mean(FLAT{b.index}, "
+                          f"WHAT{b.index})")
+        self.inflight.add(b.index)
+
+    def _allreduce_wait(self, i, k):
+        """Wait (bounded) for the bucket's allreduce: its means are views of the flat
+        buffer, made once from the memory plan."""
+        self.lines.append(f"    COMM.wait(Q{k.bucket.index})")
+        self.inflight.discard(k.bucket.index)
 
     def _updates(self):
         """Updates not written in place: snapshot values that alias a parameter first (so
