@@ -7,3 +7,8 @@ from __future__ import annotations
 import os
 
 backend: str = os.environ.get("GRAPHC_BACKEND", "numpy")
+
+# TF32 tensor-core math for float32 GEMMs on the CUDA backend: off by default (full float32,
+# as on the CPU); True trades about 3 decimal digits of each product for speed. Read when
+# the backend's cuBLAS handle is made (the first GEMM of the process).
+allow_tf32: bool = False

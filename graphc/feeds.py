@@ -7,26 +7,49 @@ import numpy as np
 
 from . import dtypes as _dt
 from .errors import FeedError
-from .graph import Placeholder, Tensor, format_shape
+from .graph import Constant, Placeholder, Tensor, format_shape
+
+
+def _ignored_value(node):
+    """(t, c, k) when node is where(equal(t, c), k, t) with constants c and k: labels t with
+    an ignored value c replaced by k (nll_loss's ignore_index), else None."""
+    if node.op.name != "where" or len(node.inputs) != 3:
+        return None
+    cond, k, t = node.inputs
+    if cond.op.name != "equal" or not isinstance(k, Constant) or k.value.size != 1:
+        return None
+    a, b = cond.inputs
+    c = b if a is t else a if b is t else None
+    if not isinstance(c, Constant) or c.value.size != 1:
+        return None
+    return t, c.value.item(), k.value.item()
 
 
 def _index_checks(plan) -> list:
-    """[(feed position, step, count(shapes, attrs), noun)] for every op reading integer
-    indices (OpDef.indices) that come straight from a placeholder (through value-preserving
-    ops on integers), so a call can check their range before anything runs."""
+    """[(feed position, step, count(shapes, attrs), noun, ignored)] for every op reading
+    integer indices (OpDef.indices) that come straight from a placeholder (through
+    value-preserving ops on integers, and through nll_loss's replacement of an ignored label
+    by a constant in range), so a call can check their range before anything runs;
+    `ignored` is that label value (None when there is none)."""
     position = {ph: i for i, (ph, _) in enumerate(plan.feeds)}
     checks, seen = [], set()
     for step in plan.steps:
         if step.op.indices is None:
             continue
         k, count, noun = step.op.indices
-        src = step.node.inputs[k]
-        while src.op.value_preserving and src.inputs and src.dtype.kind in "iu" \
-                and src.inputs[0].dtype.kind in "iu":
-            src = src.inputs[0]
+        src, ignored = step.node.inputs[k], None
+        while src.dtype.kind in "iu":
+            if src.op.value_preserving and src.inputs and src.inputs[0].dtype.kind in "iu":
+                src = src.inputs[0]
+                continue
+            masked = _ignored_value(src) if ignored is None else None
+            if masked is None or masked[0].dtype.kind not in "iu":
+                break
+            src, ignored, replacement = masked
+            ignored = (ignored, replacement)
         if src in position and (src, step.op.name) not in seen:
             seen.add((src, step.op.name))
-            checks.append((position[src], step, count, noun))
+            checks.append((position[src], step, count, noun, ignored))
     return checks
 
 
@@ -81,9 +104,13 @@ class Feeds:
 
     def check_indices(self, arrays: list, bound) -> None:
         """FeedError before anything runs if fed labels or indices are out of range."""
-        for pos, step, count, noun in self._index_checks:
+        for pos, step, count, noun, ignored in self._index_checks:
             n = count([bound.shapes[s] for s in step.inputs], step.node.attrs)
             ids = arrays[pos]
+            if ignored is not None:
+                value, replacement = ignored
+                if 0 <= replacement < n:  # the op reads the stand-in for an ignored label
+                    ids = ids[ids != value]
             if ids.size and (ids.min() < 0 or ids.max() >= n):
                 bad = ids[(ids < 0) | (ids >= n)]
                 where = f" made at {step.node.source}" if step.node.source else ""

@@ -105,3 +105,39 @@ def test_parameters_live_in_device_memory():
     _, _, step = _mlp_step("cuda", steps=1)
     for p, _ in step.symbolic_plan.params:
         assert isinstance(p.storage.array, cupy.ndarray)
+
+
+def test_adam_updates_are_one_multi_tensor_launch_on_the_device():
+    """mlp-m with Adam: its six parameters and their moments updated by one launch per
+    step (in the captured graph), matching the CPU."""
+    from graphc.backends.cuda.multi_tensor import MultiTensorLaunch
+    adam = lambda: gc.optim.Adam(lr=1e-3)  # noqa: E731
+    _, params, step = _mlp_step("cuda", optimizer=adam)
+    _, cpu_params, _ = _mlp_step("numpy", optimizer=adam)
+    (_, run), = step._compiled.values()
+    multi = [fn for _, fn, _ in run.launches if isinstance(fn, MultiTensorLaunch)]
+    assert len(multi) == 1 and len(multi[0].names) == 18
+    for p, q in zip(params, cpu_params):
+        np.testing.assert_allclose(p, q, rtol=1e-3, atol=1e-5)
+
+
+def test_a_plan_larger_than_the_device_is_a_resource_error():
+    """An arena larger than the whole device: ResourceError naming what was asked for and
+    what to do, the parameters untouched, and the device still usable afterwards."""
+    import cupy
+    _, total = cupy.cuda.runtime.memGetInfo()
+    width = 1 << 20
+    batch = total // (4 * width) + 1024  # x @ w: more float32 bytes than the device has
+    with gc.Graph():
+        x = gc.placeholder("x", (None, 1))
+        w = gc.parameter("w", value=np.full((1, width), 0.5))
+        step = gc.compile(gc.mean(x @ w), optimizer=gc.optim.Adam(lr=0.1), backend="cuda")
+        assert float(step(x=np.ones((2, 1), np.float32))) == pytest.approx(0.5)
+        before = w.value
+        with pytest.raises(gc.ResourceError, match="smaller batch size") as e:
+            step(x=np.ones((batch, 1), np.float32))
+        assert "could not allocate" in str(e.value.__cause__)
+        assert "free device memory" in str(e.value.__cause__)
+        np.testing.assert_array_equal(w.value, before)
+        step(x=np.ones((2, 1), np.float32))  # the device recovers: the small plan runs
+        assert not np.array_equal(w.value, before)

@@ -182,6 +182,26 @@ def test_fed_indices_out_of_range_are_refused_before_running():
         step(x=np.ones((2, 5)), i=np.array([[-1], [0]]))
 
 
+def test_nll_loss_labels_are_checked_before_running_ignored_ones_allowed():
+    """ignore_index replaces the ignored label before the gather: the pre-run check sees
+    through that, so a bad label is refused before any kernel runs (on every backend)."""
+    with gc.Graph():
+        x = gc.placeholder("x", (None, 4))
+        t = gc.placeholder("t", (None,), "int64")
+        w = gc.parameter("w", value=np.ones(4, np.float32))
+        step = gc.compile(gc.nll_loss(gc.log_softmax(x * w), t), optimizer=gc.optim.SGD(lr=1.0))
+        checks = step._feeds._index_checks
+        assert checks and all(c[4] == (-100, 0) for c in checks)  # forward and backward
+        with pytest.raises(gc.FeedError, match=r"placeholder 't': label 4 is out of range for 4 "
+                                               r"classes"):
+            step(x=np.ones((3, 4)), t=np.array([0, -100, 4]))
+        np.testing.assert_array_equal(w.value, np.ones(4))
+        with pytest.raises(gc.FeedError, match=r"label -7 is out of range"):
+            step(x=np.ones((2, 4)), t=np.array([-7, 1]))
+        loss = float(step(x=np.ones((3, 4)), t=np.array([3, -100, 0])))
+        assert np.isclose(loss, np.log(4.0))  # the ignored row counts for nothing
+
+
 # --- nll_loss ------------------------------------------------------------------------------------
 def _np_nll(lp, t, weight=None, ignore_index=-100, reduction="mean"):
     """F.nll_loss from its documented formula, class axis 1 (0 for one sample)."""

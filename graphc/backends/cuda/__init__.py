@@ -1,6 +1,7 @@
 """The CUDA backend (backend stage), registered as "cuda": CuPy arrays and cuBLAS on a
 device, fused kernels printed as Numba CUDA from the scheduler's FusedExpr (printer.py),
-hand-written Numba CUDA kernels from graphc.kernels for what is not elementwise, and the
+hand-written Numba CUDA kernels from graphc.kernels for what is not elementwise, the
+updates of each optimizer rule in one multi-tensor launch (multi_tensor.py), and the
 whole step captured once as a CUDA graph and replayed (executor.py). Under
 NUMBA_ENABLE_CUDASIM=1 the same kernels run in Numba's simulator on host arrays
 (runtime.py: SimRuntime), which is how CI proves the backend without a GPU; "auto" never
@@ -16,6 +17,7 @@ class CUDABackend(Backend):
     name = "cuda"
     unsupported: dict = {}
     cuda_graph = True  # capture the whole step once and replay it
+    multi_tensor = True  # the updates of one optimizer rule in one launch (multi_tensor.py)
 
     _runtime = None
 
@@ -45,7 +47,8 @@ class CUDABackend(Backend):
 
     def compile_bound(self, bound, watch=None):
         from .executor import compile_bound
-        return compile_bound(bound, self.runtime, watch=watch, cuda_graph=self.cuda_graph)
+        return compile_bound(bound, self.runtime, watch=watch, cuda_graph=self.cuda_graph,
+                             multi_tensor=self.multi_tensor, align=self.caps.alignment)
 
 
 def probe() -> str | None:

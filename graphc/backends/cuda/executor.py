@@ -33,11 +33,16 @@ def _hand_written() -> tuple[dict, dict]:
 class _Builder:
     """Buffers and launches for one bound plan."""
 
-    def __init__(self, bound, runtime, watch=None, cuda_graph: bool = True):
+    def __init__(self, bound, runtime, watch=None, cuda_graph: bool = True,
+                 multi_tensor: bool = True, align: int = 256):
         self.bp = bound
         self.rt = runtime
         self.watch = watch
         self.cuda_graph = cuda_graph and watch is None
+        # check_numerics checks every kernel of the plan as scheduled: no regrouping then
+        self.multi_tensor = multi_tensor and watch is None
+        self.align = align
+        self.groups: list = []  # multi-tensor update groups (lists of member kernels)
         self.buf: dict[int, object] = {}  # slot -> device array, fixed for the plan's life
         self.launches: list = []  # (kernel index or None, fn, args)
         # host values a captured graph bakes in (GEMM alphas): a new value captures again
@@ -48,7 +53,11 @@ class _Builder:
     def _allocate(self) -> None:
         bp, mem, rt = self.bp, self.bp.memory, self.rt
         dtypes = [n.dtype for n in bp.plan.nodes]
-        arena = rt.empty((max(mem.arena_bytes, 1),), np.uint8)  # the one allocation
+        # the plan's parameters in parameter pools (flat allocations a multi-tensor update
+        # addresses by offset); nothing moves if the pool cannot be allocated
+        rt.pack([p for p, _ in bp.plan.params])
+        arena = rt.empty((max(mem.arena_bytes, 1),), np.uint8,  # the one allocation
+                         what="the plan's arena")
         self.arena = arena
         for s, off in mem.offsets.items():
             n = int(np.prod(bp.shapes[s], dtype=np.int64)) * dtypes[s].itemsize
@@ -57,29 +66,58 @@ class _Builder:
             self.buf[s] = p.storage.array
         for s, p in mem.param_writes.items():
             self.buf[s] = p.storage.array
-        for c, s in bp.plan.consts:
-            self.buf[s] = rt.from_host(c.value)
+        self.consts = self._constants()
         self.feeds = []  # (staging host buffer, device buffer)
         for ph, s in bp.plan.feeds:
             shape = tuple(bp.shapes[s])
-            self.buf[s] = rt.empty(shape, ph.dtype)
+            self.buf[s] = rt.empty(shape, ph.dtype, what=f"feed '{ph.name}'")
             self.feeds.append((rt.staging(shape, ph.dtype), self.buf[s]))
         for s in mem.external:  # outputs computed by a kernel: their own buffers
-            self.buf[s] = rt.empty(tuple(bp.shapes[s]), dtypes[s])
+            self.buf[s] = rt.empty(tuple(bp.shapes[s]), dtypes[s], what="an output")
+        pools = {id(p.storage.pool): p.storage.pool for p, _ in bp.plan.params
+                 if getattr(p.storage, "pool", None) is not None}
+        # the flat allocations a multi-tensor update may address: (array, address, bytes)
+        self.flats = [(a, rt.address(a), int(a.nbytes))
+                      for a in [arena, self.consts] + list(pools.values())]
+
+    def _constants(self):
+        """The plan's constants and the values folded at bind time, carved from one
+        allocation (the constant pool); returns it."""
+        bp, rt = self.bp, self.rt
+        values = [(s, np.asarray(c.value)) for c, s in bp.plan.consts]
+        values += [(k.outputs[0], np.asarray(bp.folded[k.outputs[0]], bp.plan.nodes[
+            k.outputs[0]].dtype)) for k in bp.kernels if k.kind == "const"]
+        offsets, total = [], 0
+        for _, v in values:
+            offsets.append(total)
+            total += -(-max(v.nbytes, 1) // self.align) * self.align
+        pool = rt.empty((max(total, 1),), np.uint8, what="the plan's constants")
+        for (s, v), off in zip(values, offsets):
+            view = pool[off:off + v.nbytes].view(v.dtype).reshape(v.shape)
+            rt.copy_from_host(v, view)
+            self.buf[s] = view
+        return pool
 
     # --- launches ----------------------------------------------------------------------
     def _add(self, i, fn, *args) -> None:
         self.launches.append((i, fn, args))
 
     def build(self):
+        if self.multi_tensor:
+            from .multi_tensor import regroup
+            self.groups = regroup(self.bp, self.align)
+        grouped = {id(k) for g in self.groups for k in g}
         self._allocate()
         for i, k in enumerate(self.bp.kernels):
-            getattr(self, f"_{k.kind}")(i, k)
+            if id(k) not in grouped:  # group members: one launch per group, after the rest
+                getattr(self, f"_{k.kind}")(i, k)
+        self._multi_tensor()
         self._updates()
         return self._step()
 
     def _const(self, i, k):
-        self.buf[k.outputs[0]] = self.rt.from_host(self.bp.folded[k.outputs[0]])
+        if k.outputs[0] not in self.buf:  # the constant pool holds every folded value
+            self.buf[k.outputs[0]] = self.rt.from_host(self.bp.folded[k.outputs[0]])
 
     def _alias(self, i, k):
         self.buf[k.outputs[0]] = self.buf[k.inputs[0]]
@@ -87,7 +125,17 @@ class _Builder:
     def _view(self, i, k):
         step = k.steps[0]
         fn = _reference(step, self.bp.shapes)
-        self.buf[k.outputs[0]] = fn(self.buf[k.inputs[0]])  # a view of a fixed buffer
+        src = self.buf[k.inputs[0]]
+        view = fn(src)
+        if self.rt.xp.shares_memory(view, src):  # a true view of a fixed buffer: made once
+            self.buf[k.outputs[0]] = view
+            return
+        # A reshape of a strided view copies: the copy made here would hold this moment's
+        # values for ever, so every step copies the source into a contiguous buffer of its
+        # own, of which the reshape is a true view.
+        staged = self.rt.empty(src.shape, src.dtype)
+        self._add(i, self.rt.copy_into, src, staged)
+        self.buf[k.outputs[0]] = fn(staged)
 
     def _fused(self, i, k):
         expr = build_expr(k, self.bp.plan, self.bp.shapes)
@@ -121,11 +169,16 @@ class _Builder:
         for st in k.steps:  # a pair without a pair kernel runs as its two ops
             ins = [self.buf[s] for s in data_inputs(st)]
             out = self.buf[st.slot]
-            if st.op.name == "matmul" and all(len(self.bp.shapes[s]) == 2 for s in st.inputs):
+            if st.op.name == "matmul" and all(len(self.bp.shapes[s]) >= 2 for s in st.inputs):
                 self._add(i, self.rt.matmul, *ins, out)
             elif st.op.name in self.kernels:
-                launcher = self._on_stream(self.kernels[st.op.name])
-                fn = functools.partial(launcher, **st.node.attrs) if st.node.attrs else launcher
+                kernel = self.kernels[st.op.name]
+                attrs = dict(st.node.attrs)
+                if hasattr(kernel, "prepare"):  # GEMMs and scratch through the runtime,
+                    attrs["runtime"] = self.rt  # the scratch allocated now, not in a step
+                    kernel.prepare(*ins, out=out, **attrs)
+                launcher = self._on_stream(kernel)
+                fn = functools.partial(launcher, **attrs) if attrs else launcher
                 self._add(i, _into(fn), tuple(ins), out)
             else:
                 self._add(i, _generic(st, self.bp.shapes, self.rt), tuple(ins), out)
@@ -143,6 +196,19 @@ class _Builder:
         self._add(i, lambda a_, b_, w_, o_: gemm(a_, b_, lr_value(), w_, o_),
                   self.buf[a], self.buf[b], self.buf[w], out)
 
+    def _multi_tensor(self) -> None:
+        """One launch per group of updates of one rule (multi_tensor.py); a member whose
+        arrays the table cannot address runs as its own fused kernel, in order."""
+        from .multi_tensor import group_launches
+        position = {id(k): i for i, k in enumerate(self.bp.kernels)}
+        for group in self.groups:
+            for kind, item in group_launches(group, self.bp, self.buf, self.flats, self.rt,
+                                             self.rt.kernel_stream):
+                if kind == "multi":
+                    self._add(None, item)
+                else:
+                    self._fused(position[id(item)], item)
+
     def _updates(self) -> None:
         """Updates not written in place: snapshot values that alias a parameter first (every
         right-hand side is an old value), then copy into the parameters."""
@@ -152,7 +218,7 @@ class _Builder:
         temps = {}
         for p, s in pending:
             if s in params or _shares_param(self.buf[s], bp):
-                temps[s] = rt.empty(tuple(p.shape), p.dtype)
+                temps[s] = rt.empty(tuple(p.shape), p.dtype, what=f"the new '{p.name}'")
                 self._add(None, rt.copy_into, self.buf[s], temps[s])
         for p, s in pending:
             self._add(None, rt.copy_into, temps.get(s, self.buf[s]), p.storage.array)
@@ -182,6 +248,8 @@ class _Builder:
         graph = []  # the captured step, made at the first call
 
         def run(*arrays):
+            # the output arrays first: a call that cannot allocate them changes nothing
+            outs = [recyclers[s]() for s in outputs]
             # feeds go into fixed buffers, in stream order before the step: a host array
             # through its staging buffer, a device array by a device-to-device copy
             for (staging, device), a in zip(feeds, arrays):
@@ -203,11 +271,8 @@ class _Builder:
                     eager()
             for storage in written:
                 storage.device_wrote()
-            outs = []
-            for s in outputs:
-                out = recyclers[s]()
+            for s, out in zip(outputs, outs):
                 rt.copy_into(self.buf[s], out)
-                outs.append(out)
             return tuple(outs)
 
         run.launches = launches
@@ -237,7 +302,13 @@ def _canonical(bp, slot):
 
 def _shares_param(array, bp) -> bool:
     base = getattr(array, "base", None)
-    return any(array is p.storage.array or base is p.storage.array for p, _ in bp.plan.params)
+    for p, _ in bp.plan.params:
+        own = p.storage.array
+        pool = getattr(p.storage, "pool", None)  # a view into a parameter pool
+        if array is own or base is own or (base is not None and base is pool) or \
+                (base is not None and base is getattr(own, "base", None)):
+            return True
+    return False
 
 
 def _reference(step, shapes):
@@ -282,13 +353,16 @@ class _Recycler:
         for arr in self.pool:
             if sys.getrefcount(arr) <= 3:  # the pool, the loop variable, the argument
                 return arr
-        arr = self.rt.empty(self.shape, self.dtype)
+        arr = self.rt.empty(self.shape, self.dtype, what="an output array")
         if len(self.pool) < self.keep:
             self.pool.append(arr)
         return arr
 
 
-def compile_bound(bound, runtime, watch=None, cuda_graph: bool = True):
+def compile_bound(bound, runtime, watch=None, cuda_graph: bool = True,
+                  multi_tensor: bool = True, align: int = 256):
     """run(*feeds) -> tuple of output arrays on the device (host arrays in the
-    simulator); parameters are updated in their device storage."""
-    return _Builder(bound, runtime, watch, cuda_graph).build()
+    simulator); parameters are updated in their device storage. `multi_tensor`: the
+    updates of one rule in one launch (multi_tensor.py; the bound plan's kernel order and
+    memory plan are redone for it, with buffers aligned to `align` bytes)."""
+    return _Builder(bound, runtime, watch, cuda_graph, multi_tensor, align).build()
