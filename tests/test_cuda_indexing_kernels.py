@@ -416,29 +416,31 @@ def test_fed_indices_are_checked_before_the_step_runs():
 
 @needs_cuda
 def test_a_computed_index_out_of_range_is_never_read_and_sets_the_flag(indexing):
-    """nll_loss's index is where(label == ignore_index, 0, label): computed in the graph,
-    so no pre-run check sees it. The CPU's reference raises FeedError while the step runs;
-    the device kernel must not read out of bounds: it writes NaN and sets the runtime's
-    index error flag, which the executor is to turn into the same FeedError after the step
-    (until it does, the call returns NaN and the flag holds the bad label)."""
-    with gc.Graph():
+    """An index computed in the graph (here 2 * y) escapes the pre-run feed check. The
+    CPU's reference raises FeedError while the step runs; the device kernel never reads out
+    of bounds: it sets the runtime's index error flag, which the executor turns into the
+    same FeedError after the step, with the parameters restored."""
+    with gc.Graph() as g:
         x = gc.placeholder("x", (None, 3))
-        y = gc.placeholder("y", (None,), "int32")
-        loss = gc.nll_loss(x * 1.0, y)
-        feeds = dict(x=np.zeros((2, 3), np.float32), y=np.array([0, 7], np.int32))
-        with pytest.raises(gc.FeedError, match="index 7 is out of range"):
-            gc.compile(loss, backend="numpy")(**feeds)
-        fn = gc.compile(loss, backend="cuda")
+        y = gc.placeholder("y", (None, 1), "int32")
+        w = gc.parameter("w", value=np.ones(3))
+        loss = gc.sum(gc.gather(x * w, 1, y * 2))
+        feeds = dict(x=np.ones((2, 3), np.float32), y=np.array([[0], [2]], np.int32))
+        with pytest.raises(gc.FeedError, match="index 4 is out of range"):
+            gc.compile(loss, optimizer=gc.optim.SGD(lr=0.5), backend="numpy")(**feeds)
+        step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.5), backend="cuda")
         rt = gc.backends.get("cuda").runtime
         indexing.take_index_error(rt)
-        try:
-            loss = fn(**feeds)
-        except gc.FeedError as e:  # the executor checked the flag
-            assert "7" in str(e)
-        else:
-            assert np.isnan(float(loss))
-            assert indexing.take_index_error(rt) == 7
-        assert indexing.take_index_error(rt) is None
+        for _ in range(2):  # the first call captures the step, the second replays it
+            with pytest.raises(gc.FeedError, match=r"index 4 is out of range .*gather.*"
+                                                   r"parameters are unchanged"):
+                step(**feeds)
+            np.testing.assert_array_equal(w.value, np.ones(3))
+            assert indexing.take_index_error(rt) is None  # read and cleared
+        good = dict(x=feeds["x"], y=np.array([[0], [1]], np.int32))
+        step(**good)
+        np.testing.assert_allclose(w.value, [0.5, 1.0, 0.5])  # indices 0 and 2, lr 0.5
+        del g
 
 
 @needs_cuda

@@ -246,6 +246,26 @@ class _Builder:
                     rt.launch(fn, *args)
 
         graph = []  # the captured step, made at the first call
+        unchecked = _unchecked_indices(bp.plan)
+        updated = [p.storage for p, _ in bp.plan.updates] if unchecked else []
+
+        def checked_indices(step):
+            """Run `step()`; if a kernel met an index out of range that no pre-run check
+            could see (one computed in the graph), restore the parameters and raise."""
+            from ...errors import FeedError
+            from ...kernels.indexing import take_index_error
+            saved = [(st, st.snapshot()) for st in updated]
+            step()
+            bad = take_index_error(rt)
+            if bad is None:
+                return
+            for st, snap in saved:
+                st.restore(snap)
+            names = ", ".join(sorted({f"{n.op.name}" + (f" made at {n.source}" if n.source
+                                                         else "") for n in unchecked}))
+            raise FeedError(f"index {bad} is out of range for the op reading it ({names}); "
+                            f"the index was computed in the graph, so it could not be checked "
+                            f"before the step; parameters are unchanged")
 
         def run(*arrays):
             # the output arrays first: a call that cannot allocate them changes nothing
@@ -257,7 +277,7 @@ class _Builder:
                     rt.copy_into(a, device)
                 else:
                     rt.feed(a, staging, device)
-            with np.errstate(all="ignore"):
+            def step():
                 if self.cuda_graph:
                     key = tuple(f() for f in self.capture_keys)
                     if not graph or graph[0][0] != key:  # host values baked into the graph
@@ -269,6 +289,12 @@ class _Builder:
                         replay.replay()
                 else:
                     eager()
+
+            with np.errstate(all="ignore"):
+                if unchecked:
+                    checked_indices(step)
+                else:
+                    step()
             for storage in written:
                 storage.device_wrote()
             for s, out in zip(outputs, outs):
@@ -292,6 +318,19 @@ class _Builder:
                           RuntimeWarning, stacklevel=4)
             self.rt.synchronize()
             return None  # a capture runs nothing: the caller runs this call's work eagerly
+
+
+# ops whose kernels flag an out-of-range index (kernels/indexing.py) instead of reading it
+_FLAGGING = ("gather", "scatter_add", "one_hot")
+
+
+def _unchecked_indices(plan) -> list:
+    """Nodes of flagging ops whose indices no pre-run feed check covers (computed in the
+    graph): after a step that runs them the executor reads the index error flag."""
+    from ...feeds import _index_checks
+    covered = {id(c[1].node) for c in _index_checks(plan)}
+    return [st.node for st in plan.steps
+            if st.op.name in _FLAGGING and id(st.node) not in covered]
 
 
 def _canonical(bp, slot):
