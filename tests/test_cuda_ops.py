@@ -21,7 +21,7 @@ import test_ops  # noqa: E402
 from test_ops import *  # noqa: E402,F401,F403 - the op suite, collected again on CUDA
 from test_fuzz import _settings, cases, check_case  # noqa: E402
 
-FUZZ_EXAMPLES = int(os.environ.get("GRAPHC_CUDA_FUZZ_EXAMPLES", "20"))
+FUZZ_EXAMPLES = int(os.environ.get("GRAPHC_CUDA_FUZZ_EXAMPLES", "50"))
 # Finite differences call a float64 plan twice per input element: minutes upon minutes in the
 # simulator. So in CI every gradient test of the op suite (first, second and third
 # derivatives) compares the gradients computed on CUDA with the NumPy backend's, one call
@@ -53,7 +53,7 @@ def cuda_by_default():
 @_settings(FUZZ_EXAMPLES)
 @given(case=cases())
 def test_random_graphs_on_cuda(case):
-    check_case(case, backends=("cuda",), double_backward=False)
+    check_case(case, backends=("cuda",))  # double backward compiled on CUDA too
 
 
 def test_reshape_of_a_strided_view_follows_its_source():
