@@ -96,7 +96,10 @@ def load_idx_dataset(name: str = "mnist", directory: str | None = None,
                      normalize: bool = True) -> dict:
     """MNIST-layout data set `name` ("mnist", "fashion-mnist") from the folder `directory`
     or `<directory>/<name>`: {"train": (images, labels), "test": (images, labels)}. Images
-    are float32 in [0, 1] of shape (n, 28, 28) when normalize, else uint8; labels int32."""
+    are float32 in [0, 1] of shape (n, 28, 28) when normalize, else uint8 as stored (a
+    quarter of the memory; divided by 255 in float32 they are the normalized values: fit
+    feeds uint8 as it is, and a model starting with `lambda t: gc.cast(t, np.float32) /
+    255` scales each batch in the graph, to the same values); labels int32."""
     folder = _dataset_folder(data_dir(directory), name)
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):

@@ -9,6 +9,7 @@ import re
 import numpy as np
 
 from .errors import CompileError, ResourceError
+from .graph import format_shape
 from .schedule.memory_plan import MemoryPlan, nbytes, plan_memory  # noqa: F401
 
 # --- the plan's memory need against a budget --------------------------------------------------
@@ -76,3 +77,22 @@ def check_fits(bp, limit: int | None, feed_shapes: dict) -> None:
     if limit is not None and sum(plan_need(bp)) > limit:
         raise resource_error(bp, feed_shapes, f"exceeds the memory limit of "
                              f"{format_bytes(limit)}")
+
+
+def arena_for(fn, feed_shapes: dict) -> int:
+    """Bytes of the arena compiled Function `fn` would bind for the feed shapes
+    {placeholder name: shape} (a placeholder left out has its own, static, shape), from its
+    plan alone: the plan is bound (fused, memory planned) but nothing is compiled or
+    allocated."""
+    from .backends import get
+    from .schedule import bind
+    plan = fn.symbolic_plan
+    shapes = {}
+    for ph, _ in plan.feeds:
+        shape = tuple(feed_shapes.get(ph.name, ph.shape))
+        if None in shape:
+            raise CompileError(f"arena_for: no shape given for placeholder '{ph.name}' "
+                               f"{format_shape(ph.shape)}")
+        shapes[ph] = shape
+    bound = bind(plan, shapes, get(fn.backend).caps, fuse=getattr(fn, "_fuse", True))
+    return bound.memory.arena_bytes

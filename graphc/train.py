@@ -156,6 +156,8 @@ class Trainer:
         self.schedule, self.optimizer = schedule, optimizer
         # where fit is: epoch, batches done in it and its running sums, the batch plan
         self.position: dict = {}
+        self.batch_size: int | None = None  # the latest fit's training batch size
+        self._eval_chunks: dict = {}  # _eval_chunk's answers
 
     def save(self, path: str, epochs_done: int, mid_epoch: bool = False) -> None:
         """Checkpoint the parameters, the schedule and (mid_epoch) fit's place in the
@@ -252,8 +254,40 @@ def _model_trainer(model: Module, x: np.ndarray, y: np.ndarray, loss, optimizer,
     return trainer
 
 
+# An evaluation plan needing no more arena than this is never split (below it the memory
+# saved is not worth the extra calls).
+EVAL_ARENA_FLOOR = 64 << 20
+
+
+def _eval_chunk(trainer: Trainer, x, y, batch_size: int) -> int:
+    """The batch size evaluation runs at: `batch_size`, or the training batch size when an
+    evaluation plan for `batch_size` examples would need a larger arena than the training
+    step's and more than EVAL_ARENA_FLOOR. Evaluation is per example, so the figures are
+    the same (up to rounding); the smaller plan holds a fraction of the memory and shares
+    the training step's scratch buffers (a convolution's im2col matrix, which also grows
+    with the batch). Decided from the plans alone: nothing is compiled for it."""
+    train_bs, n = trainer.batch_size, min(batch_size, len(y))
+    if train_bs is None or n <= train_bs or trainer.step is None:
+        return batch_size
+    arrays = _input_arrays(x) + [y]
+    key = (n, train_bs, tuple((a.dtype.str, a.shape[1:]) for a in arrays))
+    if key not in trainer._eval_chunks:
+        def shapes(k):
+            return {name: (k,) + a.shape[1:] for name, a in zip(trainer.feed_names, arrays)}
+        from .errors import CompileError
+        from .memory import arena_for
+        try:
+            need = arena_for(trainer.evaluate, shapes(n))
+            limit = max(arena_for(trainer.step, shapes(train_bs)), EVAL_ARENA_FLOOR)
+        except CompileError:  # a step feeding more than fit knows of: keep whole batches
+            need = limit = 0
+        trainer._eval_chunks[key] = batch_size if need <= limit else train_bs
+    return trainer._eval_chunks[key]
+
+
 def _run_eval(trainer: Trainer, x, y, batch_size, metrics) -> dict:
     total, n, outs = 0.0, 0, []
+    batch_size = _eval_chunk(trainer, x, y, batch_size)
     for parts in batches(*_input_arrays(x), y, batch_size=batch_size, shuffle=False):
         r = trainer.evaluate(dict(zip(trainer.feed_names, parts)))
         total += float(r["loss"]) * len(parts[-1])
@@ -334,6 +368,7 @@ def fit(model_or_step, train_data, epochs: int = 1, batch_size: int | None = 32,
     if bs < 1:
         raise TrainError(f"batch_size must be positive or None, got {batch_size}")
     n_batches = math.ceil(n / bs)
+    trainer.batch_size = min(bs, n)
     batch_plan = {"n": n, "batch_size": bs, "shuffle": bool(shuffle), "seed": int(seed)}
     resumed = None
     if resume_from is not None:

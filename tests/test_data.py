@@ -168,3 +168,16 @@ def test_real_mnist_folder_itself():
     import os
     ds = data.mnist(os.path.join(os.environ["GRAPHC_DATA"], "mnist"))
     assert ds["train"][0].shape == (60000, 28, 28) and ds["test"][0].shape == (10000, 28, 28)
+
+
+def test_mnist_normalize_false_keeps_the_stored_bytes(tmp_path, rng):
+    """normalize=False: the images as stored, uint8 (divided by 255 in float32 they are
+    normalize=True's values exactly)."""
+    _write_idx_layout(tmp_path / "mnist", rng)
+    raw, scaled = data.mnist(tmp_path, normalize=False), data.mnist(tmp_path)
+    for split in ("train", "test"):
+        (xr, yr), (xs, ys) = raw[split], scaled[split]
+        assert xr.dtype == np.uint8 and xs.dtype == np.float32
+        np.testing.assert_array_equal(xr.astype(np.float32) / np.float32(255), xs)
+        np.testing.assert_array_equal(yr, ys)
+        assert yr.dtype == np.int32

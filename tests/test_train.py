@@ -349,3 +349,77 @@ def test_fit_dict_inputs_of_different_lengths_are_named():
     with pytest.raises(gc.train.TrainError, match=r"inputs\['meta'\] and labels differ"):
         gc.fit(model, ({"image": np.zeros((4, 2, 2)), "meta": np.zeros((3, 2))},
                        np.zeros(4)), progress=False)
+
+
+def _eval_batch_sizes(monkeypatch) -> list:
+    """The batch sizes fit's evaluations run at (batches() called without shuffling)."""
+    sizes, real = [], gc.train.batches
+
+    def spy(*arrays, batch_size, shuffle=True, **kw):
+        if not shuffle:
+            sizes.append(batch_size)
+        return real(*arrays, batch_size=batch_size, shuffle=shuffle, **kw)
+
+    monkeypatch.setattr(gc.train, "batches", spy)
+    return sizes
+
+
+def test_validation_splits_batches_whose_plan_outgrows_the_training_step(rng, monkeypatch):
+    """An evaluation plan for eval_batch_size examples needing a larger arena than the
+    training step's (and than EVAL_ARENA_FLOOR) runs in parts of the training batch size,
+    with the same figures; below the floor the batches stay whole."""
+    x, y = _blobs(rng, 200)
+    start = _blob_model().state_dict()
+    runs = {}
+    for floor in (float("inf"), 0):
+        monkeypatch.setattr(gc.train, "EVAL_ARENA_FLOOR", floor)
+        sizes = _eval_batch_sizes(monkeypatch)
+        model = _blob_model()
+        model.load_state_dict(start)
+        h = gc.fit(model, (x[:120], y[:120]), epochs=2, batch_size=8,
+                   validation=(x[120:], y[120:]), eval_batch_size=64, progress=False,
+                   optimizer=gc.optim.SGD(lr=0.1), seed=3)
+        runs[floor] = h.history
+        later = gc.train.evaluate(h, (x[120:], y[120:]), batch_size=64)
+        assert sizes == ([64, 64, 64] if floor else [8, 8, 8])
+        assert later["loss"] == pytest.approx(h.history["val_loss"][-1], rel=1e-6)
+    whole, split = runs[float("inf")], runs[0]
+    np.testing.assert_allclose(split["val_loss"], whole["val_loss"], rtol=1e-6)
+    assert split["val_accuracy"] == whole["val_accuracy"]
+    assert split["loss"] == whole["loss"]  # training itself is untouched
+
+
+def test_fit_feeds_uint8_images_scaled_inside_the_model(rng):
+    """uint8 inputs stay uint8 (a quarter of float32's memory): fit's placeholder takes
+    them as they are, and a cast at the model's start scales each batch in the graph; the
+    run equals one fed the same pixel values in float32."""
+    images = rng.integers(0, 256, size=(96, 1, 4, 4)).astype(np.uint8)
+    labels = (images.reshape(96, -1).mean(1) > 127.5).astype(np.int32)
+
+    def model():
+        return gc.nn.Sequential(lambda t: gc.cast(t, np.float32) / 255,
+                                gc.nn.Conv2D(1, 4, 3, activation="relu"), gc.nn.Flatten(),
+                                gc.nn.Dense(16, 2))
+    start = model().state_dict()
+    runs = {}
+    for dtype in (np.uint8, np.float32):
+        m = model()
+        m.load_state_dict(start)
+        data = (images.astype(dtype), labels)
+        h = runs[dtype] = gc.fit(m, data, epochs=3, batch_size=16, progress=False,
+                                 validation=data, optimizer=gc.optim.Adam(lr=0.05))
+        feeds = {ph.name: ph.dtype for ph, _ in h.step.symbolic_plan.feeds}
+        assert feeds[h._trainer.feed_names[0]] == dtype
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(runs[np.uint8].history[key],
+                                   runs[np.float32].history[key], rtol=1e-6)
+
+
+def test_arena_for_reads_the_arena_from_the_plan_alone():
+    x = gc.placeholder("x", (None, 8))
+    h = gc.tanh(x @ gc.parameter("w", shape=(8, 32), seed=1))
+    fn = gc.compile(h.sum(axis=1))
+    need = gc.memory.arena_for(fn, {"x": (64, 8)})
+    assert need == fn.bound_plan(x=(64, 8)).memory.arena_bytes > 0
+    with pytest.raises(gc.CompileError, match="no shape given for placeholder 'x'"):
+        gc.memory.arena_for(fn, {})
