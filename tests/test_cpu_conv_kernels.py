@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from graphc.backends.cpu import conv_kernels as K
+from graphc.backends.cpu import kernels
 from graphc.backends.cpu import numba_printer
 from graphc.ops import conv as C
 
@@ -13,7 +14,7 @@ CONVS = [((2, 3, 9, 8), (4, 3, 3, 3), (1, 1), (1, 1), (1, 1)),
          ((3, 2, 11, 10), (5, 2, 3, 2), (2, 1), (0, 2), (2, 1)),
          ((1, 1, 28, 28), (6, 1, 5, 5), (1, 1), (2, 2), (1, 1))]
 POOLS = [((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)), ((2, 2, 9, 7), (3, 3), (2, 1), (1, 1)),
-         ((1, 2, 6, 6), (3, 2), (1, 2), (1, 0))]
+         ((1, 2, 6, 6), (3, 2), (1, 2), (1, 0)), ((2, 2, 7, 9), (2, 2), (2, 2), (0, 0))]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -71,3 +72,85 @@ def test_unsupported_cases_run_the_reference():
     out = np.empty((1, 1, 2, 2), np.int64)
     K.max_pool2d(xi, out=out, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
     np.testing.assert_array_equal(out, C._max_pool2d(xi, (2, 2), (2, 2), (0, 0)))
+
+
+def test_the_weight_gradient_does_not_depend_on_which_thread_takes_a_chunk(monkeypatch):
+    """Bit-for-bit the same sum whichever thread took which chunk: the serial run, and
+    threaded runs in which a different thread wins the chunks, agree exactly."""
+    monkeypatch.setattr(K, "CHUNK_BYTES", 1)
+    rng = np.random.default_rng(5)
+    x, w = rng.normal(size=(9, 3, 8, 8)), rng.normal(size=(4, 3, 3, 3))
+    geo = dict(stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    gy = rng.normal(size=C._conv2d(x, w, (1, 1), (1, 1), (1, 1), 1).shape)
+    results = []
+    for order in (None, "reversed", "interleaved"):
+        if order is None:
+            monkeypatch.setattr(kernels, "threads", lambda: 1, raising=False)
+        else:  # stand-in scheduler: the chunks run in another order
+            def run_chunks(fn, n, order=order):
+                idx = list(range(n))[::-1] if order == "reversed" else \
+                    list(range(1, n, 2)) + list(range(0, n, 2))
+                for c in idx:
+                    fn(c)
+            monkeypatch.setattr(kernels, "run_chunks", run_chunks, raising=False)
+        out = np.empty_like(w)
+        K.conv2d_weight_grad(x, gy, out=out, **geo)
+        results.append(out)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+@pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONVS)
+def test_chunks_on_threads_equal_the_references(monkeypatch, xs, ws, stride, padding,
+                                                dilation):
+    """One image per chunk, the chunks taken in turn by two threads (the weight gradient's
+    per-chunk sums added in chunk order at the end), as a big batch runs."""
+    monkeypatch.setattr(K, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "threads", lambda: 2, raising=False)
+    rng = np.random.default_rng(3)
+    xs = (7,) + xs[1:]
+    x, w = rng.normal(size=xs), rng.normal(size=ws)
+    geo = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
+    y = C._conv2d(x, w, stride, padding, dilation, 1)
+    out = np.empty_like(y)
+    K.conv2d(x, w, out=out, **geo)
+    np.testing.assert_allclose(out, y, rtol=1e-10, atol=1e-10)
+    gy = rng.normal(size=y.shape)
+    out = np.full_like(x, np.nan)
+    K.conv2d_input_grad(gy, w, out=out, **geo)
+    np.testing.assert_allclose(out, C._conv2d_input_grad(gy, w, x.shape, stride, padding,
+                                                         dilation, 1), rtol=1e-10, atol=1e-10)
+    out = np.full_like(w, np.nan)
+    K.conv2d_weight_grad(x, gy, out=out, **geo)
+    np.testing.assert_allclose(out, C._conv2d_weight_grad(x, gy, w.shape, stride, padding,
+                                                          dilation, 1), rtol=1e-10, atol=1e-10)
+    p = C._max_pool2d(x, (2, 2), (2, 2), (0, 0))
+    out = np.empty_like(p)
+    K.max_pool2d(x, out=out, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+    np.testing.assert_array_equal(out, p)
+    out = np.full_like(x, np.nan)
+    gp = rng.normal(size=p.shape)
+    K.max_pool2d_grad(gp, x, out=out, kernel=(2, 2), stride=(2, 2), padding=(0, 0))
+    np.testing.assert_array_equal(out, C._max_pool2d_grad(gp, x, (2, 2), (2, 2), (0, 0)))
+
+
+def test_infinities_reach_only_what_the_reference_reaches():
+    """The stride-1 kernels compute each row a few columns wide of the output and drop the
+    extra columns: an Inf in the image or the weight must not leak NaN through them."""
+    rng = np.random.default_rng(4)
+    x, w = rng.normal(size=(2, 2, 7, 7)), rng.normal(size=(3, 2, 3, 3))
+    x[0, 1, 3, 6] = np.inf  # the last column: read only by the extra columns and the edge
+    w[1, 0, 2, 2] = -np.inf
+    geo = dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)
+    gy = rng.normal(size=(2, 3, 5, 5))
+    with np.errstate(invalid="ignore"):
+        out = np.empty_like(w)
+        K.conv2d_weight_grad(x, gy, out=out, **geo)
+        want = C._conv2d_weight_grad(x, gy, w.shape, (1, 1), (0, 0), (1, 1), 1)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+        np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+        out = np.empty_like(x)
+        K.conv2d_input_grad(gy, w, out=out, **geo)
+        want = C._conv2d_input_grad(gy, w, x.shape, (1, 1), (0, 0), (1, 1), 1)
+        np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
+        np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)

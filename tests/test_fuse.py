@@ -224,3 +224,218 @@ def test_in_place_numba_update_stores_through_its_input(monkeypatch):
     shared, src = update[0]
     for k, j in shared.items():
         assert f"o{k}" not in src and f"i{j}[j0, j1] = " in src
+
+
+# --- big Numba kernels on several threads; the tiled NumPy printer's dead steps -----------
+from graphc.backends.cpu import kernels as cpu_kernels  # noqa: E402
+from graphc.backends.cpu import numpy_printer  # noqa: E402
+
+
+@pytest.fixture(params=["busy", "idle"])
+def two_threads(request, monkeypatch):
+    """Big kernels on two threads with small chunks, whatever the machine has: on a busy
+    machine through run_chunks (the list of chunk counts it was given), on an idle one
+    through the Numba prange twin (the list of "prange" calls)."""
+    busy = request.param == "busy"
+    monkeypatch.setattr(cpu_kernels, "_THREADS", 2)
+    monkeypatch.setattr(numba_cpu, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 64)
+    monkeypatch.setattr(numba_cpu, "CHUNK_ELEMENTS", 40)
+    monkeypatch.setattr(cpu_kernels, "machine_busy", lambda: busy)
+    calls = []
+    original, threads = cpu_kernels.run_chunks, cpu_kernels.numba_threads
+
+    def counted(fn, n):
+        calls.append(n)
+        return original(fn, n)
+    monkeypatch.setattr(cpu_kernels, "run_chunks", counted)
+    monkeypatch.setattr(cpu_kernels, "numba_threads", lambda: calls.append("prange") or threads())
+    return calls
+
+
+def test_run_chunks_runs_each_chunk_once_and_raises_the_first_error(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_THREADS", 3)
+    seen = []
+    cpu_kernels.run_chunks(seen.append, 57)
+    assert sorted(seen) == list(range(57))
+
+    def fails(c):
+        if c == 5:
+            raise ValueError("chunk 5")
+    with pytest.raises(ValueError, match="chunk 5"):
+        cpu_kernels.run_chunks(fails, 9)
+    monkeypatch.setattr(cpu_kernels, "_THREADS", 1)
+    seen.clear()
+    cpu_kernels.run_chunks(seen.append, 4)
+    assert seen == [0, 1, 2, 3]  # one thread: in order, on the caller
+
+
+def test_threads_are_counted_once_per_process(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_THREADS", None)
+    n = cpu_kernels.threads()
+    assert 1 <= n <= 8
+
+    def no_more(*_):
+        raise AssertionError("counted the cores again")
+    monkeypatch.setattr(cpu_kernels.os, "cpu_count", no_more)
+    monkeypatch.setattr(cpu_kernels.os, "sched_getaffinity", no_more, raising=False)
+    assert cpu_kernels.threads() == n
+    with pytest.raises(ValueError):
+        cpu_kernels.set_threads(0)
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_chunked_numba_kernel_equals_the_serial_one_bit_for_bit(two_threads, monkeypatch, rng):
+    """A state update (two parameters written in place) cut along the first axis, a bias
+    and a column broadcast into it: the same values as one thread, to the bit."""
+    feeds = {"b": rng.normal(size=9).astype(np.float32),
+             "c": rng.normal(size=(37, 1)).astype(np.float32)}
+    start = [rng.normal(size=(37, 9)).astype(np.float32) for _ in range(2)]
+
+    def run(chunked):
+        if not chunked:
+            monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 1 << 60)
+        with gc.Graph():
+            p = gc.parameter("p", value=start[0])
+            q = gc.parameter("q", value=start[1])
+            b = gc.placeholder("b", (9,))
+            c = gc.placeholder("c", (None, 1))
+            new_q = q * 0.5 + b * c  # a moment and its parameter, as an optimizer's
+            fn = gc.compile([], updates={q: new_q, p: p - gc.abs(new_q) * 0.1})
+            for _ in range(3):  # the first call loads the kernel, on one thread
+                fn(feeds)
+            return p.value.copy(), q.value.copy()
+    got = run(True)
+    assert len(two_threads) == 2 and all(n == "prange" or n >= 2 for n in two_threads), \
+        two_threads
+    two_threads.clear()
+    want = run(False)
+    assert not two_threads
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    p, q = start
+    for _ in range(3):
+        q = q * np.float32(0.5) + feeds["b"] * feeds["c"]
+        p = p - np.abs(q) * np.float32(0.1)
+    np.testing.assert_allclose(got[0], p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], q, rtol=1e-5, atol=1e-6)
+
+
+def test_only_big_state_updates_are_cut(two_threads, monkeypatch, rng):
+    """A kernel with one output (between GEMMs, say) stays serial however big."""
+    x = gc.placeholder("x", (None, 9))
+    fn = gc.compile(gc.relu(x * 3.0 - 1.0))
+    for _ in range(3):
+        fn(x=rng.normal(size=(40, 9)).astype(np.float32))
+    assert two_threads == []
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_chunked_adam_update_tracks_the_serial_one(two_threads, monkeypatch):
+    """Adam over parameters of several shapes (1-D, 2-D with few rows): parameters and
+    moments written in place by chunked kernels, identical to the serial kernels'."""
+    grads = [np.random.default_rng(i).normal(size=s).astype(np.float32)
+             for i, s in enumerate([(300,), (50, 7), (3, 40)])]
+
+    def run(chunked):
+        monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 64 if chunked else 1 << 60)
+        with gc.Graph() as g:
+            ps = [gc.parameter(f"p{i}", shape=gr.shape, seed=i) for i, gr in enumerate(grads)]
+            loss = sum(gc.sum(p * gc.constant(gr)) for p, gr in zip(ps, grads))
+            fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01))
+            for _ in range(3):
+                fn()
+            return [p.value.copy() for p in g.parameters()]
+    chunked = run(True)
+    assert len(two_threads) == 3 * 2, two_threads  # 3 updates on each call after the first
+    for got, want in zip(chunked, run(False)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_tiled_numpy_kernel_prints_no_dead_step_and_writes_in_place(rng):
+    """deep-narrow's forward kernel: 1 - h^2 is recomputed by the backward kernel, so the
+    forward prints add and tanh only, tanh straight into its in-place output."""
+    with gc.Graph():
+        x = gc.placeholder("x", (None, 32))
+        t = gc.placeholder("t", (None,), dtype="int32")
+        h = x
+        for i in range(3):
+            h = gc.tanh(h @ gc.parameter(f"w{i}", shape=(32, 32), seed=i)
+                        + gc.parameter(f"b{i}", shape=(32,), seed=9 + i))
+        loss = gc.softmax_cross_entropy(h @ gc.parameter("w", shape=(32, 4), seed=7), t)
+        feeds = {"x": rng.normal(size=(16, 32)).astype(np.float32),
+                 "t": rng.integers(0, 4, 16)}
+        fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+        ref = gc.compile(loss, optimize=False)
+        want = float(ref(feeds))
+        got = float(fn(feeds))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    _, run = next(iter(fn._compiled.values()))
+    forward = [v.source for v in run.__globals__.values()
+               if "np.tanh" in getattr(v, "source", "")]
+    assert forward
+    for src in forward:
+        assert "np.square" not in src and "np.subtract" not in src, src
+        assert "np.copyto" not in src, src
+
+
+def test_numpy_printer_drops_dead_steps_and_keeps_aliased_outputs_safe():
+    """An output over an input's buffer is written directly only once every input has been
+    read; the dead instruction is not printed; the in-place result is right."""
+    from graphc.ops.registry import get_op
+    from graphc.schedule.expr import FusedExpr, Instr
+
+    def ins(op, *args):
+        o = get_op(op)
+        return Instr(op, {}, list(args), np.dtype("float64"), o.reference, o)
+    expr = FusedExpr((70000,), [(0, (70000,)), (1, (70000,))],
+                     [ins("mul", ("in", 0), ("in", 1)),   # 0: output 0 (over input 0)
+                      ins("square", ("v", 0)),            # 1: dead
+                      ins("add", ("v", 0), ("in", 0)),    # 2: reads input 0 after 0
+                      ins("neg", ("v", 2))],              # 3: output 1 (over input 1)
+                     [(10, 0), (11, 3)])
+    source, _, _ = numpy_printer.print_numpy(expr, aliased_outputs={0, 1})
+    assert "np.square" not in source
+    assert "np.multiply(i0[r0:r1], i1[r0:r1], out=s" in source  # input 0 is read later
+    assert "np.negative(s" in source and "out=o1[r0:r1])" in source
+    kernel = numpy_printer.compile_numpy(expr, aliased_outputs={0, 1})
+    a, b = np.linspace(-1, 1, 70000), np.linspace(2, 3, 70000)
+    want0, want1 = a * b, -(a * b + a)
+    kernel(a, b, a, b)  # both outputs over their inputs' buffers
+    np.testing.assert_array_equal(a, want0)
+    np.testing.assert_array_equal(b, want1)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "int16", "int32", "int64", "uint8"])
+@pytest.mark.parametrize("bad", [-1, 3, -4, 100])
+def test_labels_out_of_range_behind_a_slice_raise_in_the_loss_kernels(dtype, bad):
+    """Labels the feed check cannot trace (behind a slice) are checked by the kernels' own
+    gather: negative ones do not wrap to the last class."""
+    if dtype == "uint8" and bad < 0:
+        pytest.skip("no negative uint8")
+    t = gc.placeholder("t", (None, 2), dtype=dtype)
+    x = gc.placeholder("x", (None, 3))
+    loss = gc.softmax_cross_entropy(x, t[:, 0])
+    labels = np.array([[0, 0], [bad, 0], [2, 1]], dtype)
+    for outputs in (loss, [loss, gc.grad(loss, x)], gc.grad(loss, x)):
+        fn = gc.compile(outputs)
+        with pytest.raises(gc.FeedError, match=f"label {bad} is out of range for 3 classes"):
+            fn(x=np.zeros((3, 3)), t=labels)
+        fn(x=np.zeros((3, 3)), t=np.array([[0, 0], [1, 0], [2, 1]], dtype))  # good ones run
+
+
+def test_loss_kernels_make_no_range_pass_of_their_own(monkeypatch, rng):
+    """Valid labels are checked by the feed and by the kernel's gather, never by a separate
+    pass in the kernel (nor is the core count read at every call)."""
+    from graphc.ops import nn
+    x = gc.placeholder("x", (None, 5))
+    t = gc.placeholder("t", (None,), dtype="int32")
+    loss = gc.softmax_cross_entropy(x @ gc.parameter("w", shape=(5, 5), seed=0), t)
+    fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+    feeds = {"x": rng.normal(size=(8, 5)), "t": rng.integers(0, 5, 8).astype(np.int32)}
+    fn(feeds)
+    calls = []
+    monkeypatch.setattr(nn, "_check_labels", lambda *a: calls.append(a))
+    monkeypatch.setattr(cpu_kernels.os, "cpu_count", lambda: calls.append("cpu_count"))
+    fn(feeds)
+    assert calls == []

@@ -2,9 +2,18 @@
 (`out=`): Numba loops for im2col, col2im and pooling, NumPy's BLAS for the products.
 
 Each computes exactly its op's NumPy reference (graphc/ops/conv.py stays the definition);
-unsupported cases (groups > 1, dtypes Numba does not loop over) run the reference. The
-im2col operand is laid out (N, C*KH*KW, OH*OW), the layout a batched GEMM with the weight
-on the left wants, in a per-thread scratch buffer reused from call to call."""
+unsupported cases (groups > 1, dtypes Numba does not loop over) run the reference.
+
+The batch is cut into chunks of a few images that graphc's CPU threads take in turn (see
+_run_chunks; every Numba loop releases the GIL, as np.matmul does). A chunk's im2col
+operand (images, C*KH*KW, pixels), the layout a batched GEMM with the weight on the left
+wants, is written into a per-thread scratch buffer that stays in cache and is consumed
+there by np.matmul at once: nothing is allocated per step, and no transposed copy follows.
+Each image's product is small enough for OpenBLAS's single-threaded small-matrix kernels,
+so the BLAS thread pool is never woken (on a busy 2-core machine a woken pool waits for its
+threads to be scheduled: milliseconds for a product of microseconds). Stride-1 convolutions
+use the "wide" layout described below, whose copies run over long contiguous runs. Max
+pooling recomputes each window's argmax in the backward pass (2x2 windows by selects)."""
 from __future__ import annotations
 
 import threading
@@ -16,6 +25,7 @@ from . import numba_printer
 
 _FLOATS = (np.float32, np.float64)
 _scratch = threading.local()
+CHUNK_BYTES = 1 << 19  # a chunk's im2col operand: about 512 KB, well inside L2
 
 
 def _buffer(tag: str, shape: tuple, dtype) -> np.ndarray:
@@ -30,8 +40,44 @@ def _buffer(tag: str, shape: tuple, dtype) -> np.ndarray:
     return a
 
 
+# --- threads -----------------------------------------------------------------------------
+def _run_chunks(fn, n_chunks: int) -> None:
+    """fn(c) for c in range(n_chunks) on graphc's CPU threads (kernels.run_chunks: the
+    calling thread and kernels.threads() - 1 helpers, each taking the next chunk nobody has
+    taken, the caller waiting only for chunks a helper has started); serially in a graphc
+    without it."""
+    from . import kernels
+    shared = getattr(kernels, "run_chunks", None)
+    if shared is not None:
+        shared(fn, n_chunks)
+        return
+    for c in range(n_chunks):
+        fn(c)
 
 
+def _images_per_chunk(n: int, per_image_bytes: int) -> int:
+    return max(1, min(n, CHUNK_BYTES // max(per_image_bytes, 1)))
+
+
+def _over_batch(n: int, nb: int, work, state=None) -> list:
+    """work(b0, b1, s) over chunks of nb images of the batch [0, n) (see _run_chunks); s is
+    the thread's own state(), made when it takes its first chunk, or None. Returns the
+    states of the threads that took a chunk."""
+    states: dict = {}
+
+    def chunk(c):
+        s = None
+        if state is not None:
+            s = states.get(threading.get_ident())
+            if s is None:
+                s = states[threading.get_ident()] = state()
+        work(c * nb, min((c + 1) * nb, n), s)
+
+    _run_chunks(chunk, -(-n // nb))
+    return list(states.values())
+
+
+# --- Numba loops (compiled on first use) --------------------------------------------------
 def _valid(n_out, stride, offset, size):
     """[lo, hi): the output positions j whose input j * stride + offset lies in [0, size)."""
     lo = 0
@@ -43,11 +89,13 @@ def _valid(n_out, stride, offset, size):
     return lo, hi
 
 
-def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, cols):
-    n, c, h, w = x.shape
+def _im2col(x, b0, b1, kh, kw, sh, sw, ph, pw, dh, dw, cols):
+    """cols[b - b0, (ch, p, q), i * OW + j] = x[b, ch, i*sh - ph + p*dh, j*sw - pw + q*dw]
+    (0 outside x) for the images b0..b1."""
+    _, c, h, w = x.shape
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     oh = cols.shape[2] // ow
-    for b in range(n):
+    for b in range(b0, b1):
         for ch in range(c):
             for p in range(kh):
                 for q in range(kw):
@@ -56,26 +104,33 @@ def _im2col(x, kh, kw, sh, sw, ph, pw, dh, dw, cols):
                     lo, hi = _valid(ow, sw, off, w)
                     for i in range(oh):
                         y = i * sh - ph + p * dh
-                        row = cols[b, k, i * ow:(i + 1) * ow]
+                        base = i * ow
                         if y < 0 or y >= h:
-                            row[:] = 0.0
+                            for j in range(ow):
+                                cols[b - b0, k, base + j] = 0.0
                             continue
-                        src = x[b, ch, y]
                         for j in range(lo):
-                            row[j] = 0.0
-                        for j in range(lo, hi):
-                            row[j] = src[j * sw + off]
+                            cols[b - b0, k, base + j] = 0.0
+                        if sw == 1:
+                            for j in range(lo, hi):
+                                cols[b - b0, k, base + j] = x[b, ch, y, j + off]
+                        else:
+                            for j in range(lo, hi):
+                                cols[b - b0, k, base + j] = x[b, ch, y, j * sw + off]
                         for j in range(hi, ow):
-                            row[j] = 0.0
+                            cols[b - b0, k, base + j] = 0.0
 
 
-def _col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, out):
-    n, c, h, w = out.shape
+def _col2im(dcols, b0, b1, kh, kw, sh, sw, ph, pw, dh, dw, out):
+    """out[b] = the sum of dcols[b - b0] scattered back where _im2col gathered it from."""
+    _, c, h, w = out.shape
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     oh = dcols.shape[2] // ow
-    out[:] = 0.0
-    for b in range(n):
+    for b in range(b0, b1):
         for ch in range(c):
+            for y in range(h):
+                for xx in range(w):
+                    out[b, ch, y, xx] = 0.0
             for p in range(kh):
                 for q in range(kw):
                     k = (ch * kh + p) * kw + q
@@ -85,85 +140,211 @@ def _col2im(dcols, kh, kw, sh, sw, ph, pw, dh, dw, out):
                         y = i * sh - ph + p * dh
                         if y < 0 or y >= h:
                             continue
-                        row = dcols[b, k, i * ow:(i + 1) * ow]
-                        dst = out[b, ch, y]
-                        for j in range(lo, hi):
-                            dst[j * sw + off] += row[j]
+                        base = i * ow
+                        if sw == 1:
+                            for j in range(lo, hi):
+                                out[b, ch, y, j + off] += dcols[b - b0, k, base + j]
+                        else:
+                            for j in range(lo, hi):
+                                out[b, ch, y, j * sw + off] += dcols[b - b0, k, base + j]
 
 
-def _window_arg(x, b, ch, i, j, kh, kw, sh, sw, ph, pw):
-    """(value, window index) of the first maximum of a -inf padded window (NaN wins, as
-    np.max and np.argmax)."""
-    h, w = x.shape[2], x.shape[3]
-    best = -np.inf
-    arg = 0
-    for p in range(kh):
-        y = i * sh - ph + p
-        for q in range(kw):
-            xx = j * sw - pw + q
-            v = -np.inf
-            if 0 <= y < h and 0 <= xx < w:
-                v = x[b, ch, y, xx]
-            if p == 0 and q == 0:
-                best = v
-            elif v > best or (v != v and best == best):
-                best, arg = v, p * kw + q
-    return best, arg
+# Stride 1, dilation 1: the "wide" layout. With xp the zero-padded image, rows Wp = W + 2pw
+# apart, output pixel (i, j) reads xp[ch, (i + p) * Wp + j + q]: for each weight index k =
+# (ch, p, q) the pixels of all rows are one contiguous run xp[ch, p*Wp + q :][:OH*Wp], if
+# each output row is taken Wp wide (its last Wp - OW columns are garbage, dropped after the
+# product or zeroed before it). Copies and adds then run over long runs, not rows of OW.
+def _pad_image(x, b, ph, pw, xp):
+    """xp[ch] = x[b, ch] zero-padded, flattened rows Wp wide (plus one zero row of slack)."""
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    wp = w + 2 * pw
+    for ch in range(c):
+        dst = xp[ch]
+        dst[:] = 0.0
+        for y in range(h):
+            src = x[b, ch, y]
+            row = dst[(y + ph) * wp + pw:]
+            for xx in range(w):
+                row[xx] = src[xx]
 
 
-def _first_max(x, b, ch, y0, x0, kh, kw):
-    """(value, window index) of the first maximum of an in-bounds window (NaN wins)."""
-    best = x[b, ch, y0, x0]
-    arg = 0
-    for p in range(kh):
-        for q in range(kw):
-            v = x[b, ch, y0 + p, x0 + q]
-            if v > best or (v != v and best == best):
-                best, arg = v, p * kw + q
-    return best, arg
+# The loops below index one-dimensional views: Numba then knows each index is in bounds and
+# non-negative, and LLVM vectorizes the runs (three times faster than indexing the 3-D arrays).
+def _im2col_wide(x, b0, b1, kh, kw, ph, pw, zero_garbage, xp, cols):
+    """cols[b - b0, (ch, p, q), i * Wp + j] = xp[ch, (i + p) * Wp + j + q]; the garbage
+    columns j >= OW zeroed when asked (before a product that sums over pixels)."""
+    c, w = x.shape[1], x.shape[3]
+    wp = w + 2 * pw
+    ow = wp - kw + 1
+    run = cols.shape[2]
+    for b in range(b0, b1):
+        _pad_image(x, b, ph, pw, xp)
+        for ch in range(c):
+            for p in range(kh):
+                for q in range(kw):
+                    dst = cols[b - b0, (ch * kh + p) * kw + q]
+                    src = xp[ch, p * wp + q:p * wp + q + run]
+                    for t in range(run):
+                        dst[t] = src[t]
+                    if zero_garbage:
+                        for i in range(run // wp):
+                            for t in range(i * wp + ow, (i + 1) * wp):
+                                dst[t] = 0.0
 
 
-def _pool_fwd(x, kh, kw, sh, sw, ph, pw, out):
-    n, c, oh, ow = out.shape
-    if ph == 0 and pw == 0:  # every window in bounds: no -inf padding to test
-        for b in range(n):
-            for ch in range(c):
-                for i in range(oh):
+def _gy_wide(gy, b0, b1, wp, transpose, out):
+    """gy[b] with each row Wp wide (garbage columns 0): out[b - b0, o, i * Wp + j], or
+    transposed out[b - b0, i * Wp + j, o]."""
+    _, o, oh, ow = gy.shape
+    for b in range(b0, b1):
+        dst = out[b - b0]
+        dst[:] = 0.0
+        for oo in range(o):
+            for i in range(oh):
+                src = gy[b, oo, i]
+                if transpose:
                     for j in range(ow):
-                        out[b, ch, i, j] = _first_max(x, b, ch, i * sh, j * sw, kh, kw)[0]
-        return
-    for b in range(n):
+                        dst[i * wp + j, oo] = src[j]
+                else:
+                    row = dst[oo, i * wp:]
+                    for j in range(ow):
+                        row[j] = src[j]
+
+
+def _col2im_wide(dcols, b0, b1, kh, kw, ph, pw, xp, out):
+    """out[b] = dcols[b - b0] added back where _im2col_wide read it (its garbage columns
+    must be 0), then cropped."""
+    c, h, w = out.shape[1], out.shape[2], out.shape[3]
+    wp = w + 2 * pw
+    run = dcols.shape[2]
+    for b in range(b0, b1):
         for ch in range(c):
+            acc = xp[ch]
+            acc[:] = 0.0
+            for p in range(kh):
+                for q in range(kw):
+                    dst = acc[p * wp + q:p * wp + q + run]
+                    src = dcols[b - b0, (ch * kh + p) * kw + q]
+                    for t in range(run):
+                        dst[t] += src[t]
+            for y in range(h):
+                row = acc[(y + ph) * wp + pw:]
+                dst = out[b, ch, y]
+                for xx in range(w):
+                    dst[xx] = row[xx]
+
+
+def _argmax(plane, i, j, kh, kw, sh, sw, ph, pw):
+    """(value, y, x) of the first maximum of window (i, j) of a -inf padded plane (NaN
+    wins, as np.max and np.argmax); y, x = -1, -1 when the window holds no element. Selects,
+    not branches: which element wins is data, and a mispredicted branch costs more than the
+    window."""
+    h, w = plane.shape
+    y0, x0 = i * sh - ph, j * sw - pw
+    if y0 >= 0 and x0 >= 0 and y0 + kh <= h and x0 + kw <= w:  # no padding to test
+        best = plane[y0, x0]
+        by, bx = y0, x0
+        for p in range(kh):
+            row = plane[y0 + p]
+            for q in range(kw):
+                v = row[x0 + q]
+                take = (v > best) | ((v != v) & (best == best))
+                best = v if take else best
+                by = y0 + p if take else by
+                bx = x0 + q if take else bx
+        return best, by, bx
+    best = -np.inf
+    by, bx = -1, -1
+    first = True
+    for p in range(kh):
+        y = y0 + p
+        for q in range(kw):
+            xx = x0 + q
+            inside = 0 <= y < h and 0 <= xx < w
+            v = plane[y, xx] if inside else -np.inf
+            if first:
+                first = False
+                best = v
+                if inside:
+                    by, bx = y, xx
+            elif v > best or (v != v and best == best):
+                best, by, bx = v, y, xx
+    return best, by, bx
+
+
+def _nanmax2(a, b):
+    """b where it is bigger, or NaN while a is not, else a: the running first maximum."""
+    return b if (b > a) | ((b != b) & (a == a)) else a
+
+
+def _is_2x2(kh, kw, sh, sw, ph, pw):
+    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+
+
+def _pool_fwd(x, b0, b1, kh, kw, sh, sw, ph, pw, out):
+    _, c, oh, ow = out.shape
+    for b in range(b0, b1):
+        for ch in range(c):
+            plane, dst = x[b, ch], out[b, ch]
+            for i in range(oh):
+                row = dst[i]
+                if _is_2x2(kh, kw, sh, sw, ph, pw):
+                    r0, r1 = plane[2 * i], plane[2 * i + 1]
+                    for j in range(ow):
+                        row[j] = _nanmax2(_nanmax2(_nanmax2(r0[2 * j], r0[2 * j + 1]),
+                                                   r1[2 * j]), r1[2 * j + 1])
+                    continue
+                for j in range(ow):
+                    row[j] = _argmax(plane, i, j, kh, kw, sh, sw, ph, pw)[0]
+
+
+def _pool_bwd(gy, x, b0, b1, kh, kw, sh, sw, ph, pw, out):
+    """out[b] = each output's gradient added at its window's first maximum."""
+    _, c, oh, ow = gy.shape
+    for b in range(b0, b1):
+        for ch in range(c):
+            plane, g, dst = x[b, ch], gy[b, ch], out[b, ch]
+            flat = dst.reshape(-1)
+            if _is_2x2(kh, kw, sh, sw, ph, pw):  # each element written once, no branches
+                for i in range(oh):
+                    r0, r1, d0, d1, gi = (plane[2 * i], plane[2 * i + 1], dst[2 * i],
+                                          dst[2 * i + 1], g[i])
+                    for j in range(ow):
+                        v0, v1, v2, v3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
+                        m = _nanmax2(_nanmax2(_nanmax2(v0, v1), v2), v3)
+                        # the first element equal to the maximum (the first NaN if it is)
+                        e0 = (v0 == m) | (v0 != v0)
+                        e1 = ((v1 == m) | (v1 != v1)) & ~e0
+                        e2 = ((v2 == m) | (v2 != v2)) & ~(e0 | e1)
+                        e3 = ~(e0 | e1 | e2)
+                        v = gi[j]
+                        d0[2 * j] = v if e0 else 0.0
+                        d0[2 * j + 1] = v if e1 else 0.0
+                        d1[2 * j] = v if e2 else 0.0
+                        d1[2 * j + 1] = v if e3 else 0.0
+                    for t in range(2 * ow, dst.shape[1]):  # an odd width's last column
+                        d0[t] = 0.0
+                        d1[t] = 0.0
+                for t in range(2 * oh * dst.shape[1], flat.size):  # an odd height's last row
+                    flat[t] = 0.0
+                continue
+            flat[:] = 0.0
             for i in range(oh):
                 for j in range(ow):
-                    out[b, ch, i, j] = _window_arg(x, b, ch, i, j, kh, kw, sh, sw, ph, pw)[0]
+                    _, y, xx = _argmax(plane, i, j, kh, kw, sh, sw, ph, pw)
+                    if y >= 0:
+                        dst[y, xx] += g[i, j]
 
 
-def _pool_bwd(gy, x, kh, kw, sh, sw, ph, pw, out):
-    n, c, oh, ow = gy.shape
-    out[:] = 0.0
-    for b in range(n):
+def _pool_gather(gx, x, b0, b1, kh, kw, sh, sw, ph, pw, out):
+    _, c, oh, ow = out.shape
+    for b in range(b0, b1):
         for ch in range(c):
+            plane, src, dst = x[b, ch], gx[b, ch], out[b, ch]
             for i in range(oh):
                 for j in range(ow):
-                    arg = _window_arg(x, b, ch, i, j, kh, kw, sh, sw, ph, pw)[1]
-                    y, xx = i * sh - ph + arg // kw, j * sw - pw + arg % kw
-                    if 0 <= y < out.shape[2] and 0 <= xx < out.shape[3]:
-                        out[b, ch, y, xx] += gy[b, ch, i, j]
-
-
-def _pool_gather(gx, x, kh, kw, sh, sw, ph, pw, out):
-    n, c, oh, ow = out.shape
-    for b in range(n):
-        for ch in range(c):
-            for i in range(oh):
-                for j in range(ow):
-                    arg = _window_arg(x, b, ch, i, j, kh, kw, sh, sw, ph, pw)[1]
-                    y, xx = i * sh - ph + arg // kw, j * sw - pw + arg % kw
-                    v = 0.0
-                    if 0 <= y < gx.shape[2] and 0 <= xx < gx.shape[3]:
-                        v = gx[b, ch, y, xx]
-                    out[b, ch, i, j] = v
+                    _, y, xx = _argmax(plane, i, j, kh, kw, sh, sw, ph, pw)
+                    dst[i, j] = src[y, xx] if y >= 0 else 0.0
 
 
 _JIT = None
@@ -171,13 +352,17 @@ _JIT = None
 
 def _jit():
     """The loops above compiled by Numba, on first use (importing Numba costs 0.5 s)."""
-    global _JIT, _window_arg, _first_max, _valid
+    global _JIT, _argmax, _valid, _pad_image, _nanmax2, _is_2x2
     if _JIT is None:
         import numba
-        jit = numba.njit(cache=True, nogil=True)
+        jit = numba.njit(cache=True, nogil=True, boundscheck=False)
         # the loops call these: bound to their compiled forms before the loops compile
-        _window_arg, _first_max, _valid = jit(_window_arg), jit(_first_max), jit(_valid)
+        inline = numba.njit(cache=True, nogil=True, inline="always")
+        _argmax, _valid = inline(_argmax), inline(_valid)
+        _pad_image, _nanmax2, _is_2x2 = inline(_pad_image), inline(_nanmax2), inline(_is_2x2)
         _JIT = SimpleNamespace(im2col=jit(_im2col), col2im=jit(_col2im),
+                               im2col_wide=jit(_im2col_wide), gy_wide=jit(_gy_wide),
+                               col2im_wide=jit(_col2im_wide),
                                pool_fwd=jit(_pool_fwd), pool_bwd=jit(_pool_bwd),
                                pool_gather=jit(_pool_gather))
     return _JIT
@@ -199,52 +384,158 @@ def _geometry(w_shape, stride, padding, dilation):
     return (kh, kw, stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1])
 
 
-def _cols(x, w_shape, oh_ow, stride, padding, dilation, tag):
-    n, c = x.shape[:2]
-    cols = _buffer(tag, (n, c * w_shape[2] * w_shape[3], oh_ow), x.dtype)
-    geometry = _geometry(w_shape, stride, padding, dilation)
-    _jit().im2col(np.ascontiguousarray(x), *geometry, cols)
-    return cols
+def _scratch_of(nb, dtype, **shapes):
+    """state() for _over_batch: the calling thread's scratch arrays, one per name, each of
+    nb images of the given per-image shape (or of exactly that shape, for names ending in
+    '_'), looked up once per thread and call rather than once per chunk."""
+    def state():
+        return SimpleNamespace(**{
+            name: _buffer(f"conv_{name}", shape if name.endswith("_") else (nb,) + shape,
+                          dtype) for name, shape in shapes.items()})
+    return state
 
 
+def _wide(x_shape, w_shape, stride, dilation, padding):
+    """(Wp, scratch shape of a padded image) when the wide layout applies, else None."""
+    if tuple(stride) != (1, 1) or tuple(dilation) != (1, 1):
+        return None
+    _, c, h, w = x_shape
+    hp, wp = h + 2 * padding[0], w + 2 * padding[1]
+    return wp, (c, (hp + 1) * wp)
+
+
+# --- convolution ---------------------------------------------------------------------------
 def conv2d(x, w, out, stride, padding, dilation, groups):
-    """conv2d into out: im2col, then one batched GEMM W (O, K) @ cols_n (K, OH*OW)."""
+    """conv2d into out: per chunk of images, im2col, then W (O, K) @ cols_b (K, pixels)."""
     if groups != 1 or not _fast(x, w, out):
         np.copyto(out, _reference("_conv2d")(x, w, stride, padding, dilation, groups))
         return
     n, o, oh, ow = out.shape
-    cols = _cols(x, w.shape, oh * ow, stride, padding, dilation, "conv_cols")
-    np.matmul(w.reshape(o, -1), cols, out=out.reshape(n, o, oh * ow))
+    x = np.ascontiguousarray(x)
+    wm = w.reshape(o, -1)
+    k, kh, kw = wm.shape[1], w.shape[2], w.shape[3]
+    jit, wide = _jit(), _wide(x.shape, w.shape, stride, dilation, padding)
+    if wide is None:
+        geometry, p = _geometry(w.shape, stride, padding, dilation), oh * ow
+        out3 = out.reshape(n, o, p)
+        nb = _images_per_chunk(n, max(k, o) * p * x.itemsize)
+        state = _scratch_of(nb, x.dtype, cols=(k, p))
+
+        def work(b0, b1, s):
+            cols = s.cols[:b1 - b0]
+            jit.im2col(x, b0, b1, *geometry, cols)
+            np.matmul(wm, cols, out=out3[b0:b1])
+    else:
+        wp, pad_shape = wide
+        p = oh * wp
+        nb = _images_per_chunk(n, max(k, o) * p * x.itemsize)
+        state = _scratch_of(nb, x.dtype, wcols=(k, p), res=(o, p), xp_=pad_shape)
+
+        def work(b0, b1, s):
+            cols, res = s.wcols[:b1 - b0], s.res[:b1 - b0]
+            jit.im2col_wide(x, b0, b1, kh, kw, padding[0], padding[1], False, s.xp_, cols)
+            np.matmul(wm, cols, out=res)
+            np.copyto(out[b0:b1], res.reshape(b1 - b0, o, oh, wp)[..., :ow])
+    _over_batch(n, nb, work, state)
 
 
 def conv2d_input_grad(gy, w, *like, out, stride, padding, dilation, groups):
-    """The transposed convolution into out: W^T @ gy_n per image, then col2im."""
+    """The transposed convolution into out: per chunk, W^T @ gy_b per image, then col2im."""
     if groups != 1 or not _fast(gy, w, out):
         np.copyto(out, _reference("_conv2d_input_grad")(gy, w, out.shape, stride, padding,
                                                         dilation, groups))
         return
     n, o, oh, ow = gy.shape
-    dcols = _buffer("conv_dcols", (n, w[0].size, oh * ow), gy.dtype)
-    np.matmul(w.reshape(o, -1).T, np.ascontiguousarray(gy).reshape(n, o, oh * ow), out=dcols)
-    _jit().col2im(dcols, *_geometry(w.shape, stride, padding, dilation), out)
+    k, kh, kw = w[0].size, w.shape[2], w.shape[3]
+    wt = _buffer("conv_wt", (k, o), w.dtype)
+    np.copyto(wt, w.reshape(o, k).T)  # W^T once, so each product reads both operands as is
+    gy = np.ascontiguousarray(gy)
+    jit = _jit()
+    # garbage columns are 0 in gy's wide rows; an Inf or NaN weight would make them NaN
+    wide = _wide(out.shape, w.shape, stride, dilation, padding)
+    if wide is not None and np.isfinite(wt).all():
+        wp, pad_shape = wide
+        p = oh * wp
+        nb = _images_per_chunk(n, max(k, o) * p * gy.itemsize)
+        state = _scratch_of(nb, gy.dtype, gyw=(o, p), wcols=(k, p), xp_=pad_shape)
+
+        def work(b0, b1, s):
+            g, dcols = s.gyw[:b1 - b0], s.wcols[:b1 - b0]
+            jit.gy_wide(gy, b0, b1, wp, False, g)
+            np.matmul(wt, g, out=dcols)
+            jit.col2im_wide(dcols, b0, b1, kh, kw, padding[0], padding[1], s.xp_, out)
+    else:
+        geometry, p = _geometry(w.shape, stride, padding, dilation), oh * ow
+        gy3 = gy.reshape(n, o, p)
+        nb = _images_per_chunk(n, max(k, o) * p * gy.itemsize)
+        state = _scratch_of(nb, gy.dtype, cols=(k, p))
+
+        def work(b0, b1, s):
+            dcols = s.cols[:b1 - b0]
+            np.matmul(wt, gy3[b0:b1], out=dcols)
+            jit.col2im(dcols, b0, b1, *geometry, out)
+    _over_batch(n, nb, work, state)
 
 
 def conv2d_weight_grad(x, gy, *like, out, stride, padding, dilation, groups):
-    """sum_n gy_n (O, OH*OW) @ cols_n^T into out (batched GEMM, then a sum over N)."""
+    """sum_b cols_b (K, pixels) @ gy_b^T (pixels, O), the transpose of out: per chunk,
+    im2col and a batched GEMM summed into that chunk's own slot; the slots are added in
+    chunk order at the end, so the result does not depend on which thread took which
+    chunk (bit-for-bit reproducible, as the README promises)."""
     if groups != 1 or not _fast(x, gy, out):
         np.copyto(out, _reference("_conv2d_weight_grad")(x, gy, out.shape, stride, padding,
                                                          dilation, groups))
         return
+    x, gy = np.ascontiguousarray(x), np.ascontiguousarray(gy)
+    wide = _wide(x.shape, out.shape, stride, dilation, padding)
+    _weight_grad(x, gy, out, stride, padding, dilation, wide, False)
+    if wide is not None and not np.isfinite(out).all():
+        # garbage columns hold image values, times a zero gradient: 0, unless Inf or NaN
+        _weight_grad(x, gy, out, stride, padding, dilation, wide, True)
+
+
+def _weight_grad(x, gy, out, stride, padding, dilation, wide, zero_garbage):
     n, o, oh, ow = gy.shape
-    cols = _cols(x, out.shape, oh * ow, stride, padding, dilation, "conv_wcols")
-    per_image = _buffer("conv_dw", (n, o, cols.shape[1]), out.dtype)
-    np.matmul(np.ascontiguousarray(gy).reshape(n, o, oh * ow), cols.transpose(0, 2, 1),
-              out=per_image)
-    np.sum(per_image, axis=0, out=out.reshape(o, -1))
+    k, kh, kw = out[0].size, out.shape[2], out.shape[3]
+    jit = _jit()
+    wp, pad_shape = wide if wide is not None else (ow, (1, 1))
+    p = oh * wp
+    nb = _images_per_chunk(n, max(k, o) * p * x.itemsize)
+    geometry = _geometry(out.shape, stride, padding, dilation)
+    scratch = _scratch_of(nb, x.dtype, wcols=(k, p), gyt=(p, o), dw=(k, o), xp_=pad_shape)
+    chunks = -(-n // nb)
+    # the calling thread's: one (K, O) sum per chunk
+    sums = _buffer("conv_wgrad_sums", (chunks, k, o), x.dtype)
+
+    def work(b0, b1, s):
+        cols, gt, per_image = s.wcols[:b1 - b0], s.gyt[:b1 - b0], s.dw[:b1 - b0]
+        if wide is None:
+            jit.im2col(x, b0, b1, *geometry, cols)
+        else:
+            jit.im2col_wide(x, b0, b1, kh, kw, padding[0], padding[1], zero_garbage, s.xp_,
+                            cols)
+        jit.gy_wide(gy, b0, b1, wp, True, gt)
+        np.matmul(cols, gt, out=per_image)
+        np.sum(per_image, axis=0, out=sums[b0 // nb])
+
+    _over_batch(n, nb, work, scratch)
+    total = out.reshape(o, k).T
+    if chunks == 0:
+        total[:] = 0.0
+        return
+    np.copyto(total, sums[0])
+    for c in range(1, chunks):
+        total += sums[c]
 
 
+# --- max pooling ---------------------------------------------------------------------------
 def _pool_args(kernel, stride, padding):
     return (kernel[0], kernel[1], stride[0], stride[1], padding[0], padding[1])
+
+
+def _images(a) -> int:
+    """Images per chunk of a pooling kernel over a."""
+    return _images_per_chunk(a.shape[0], int(np.prod(a.shape[1:], dtype=np.int64)) * a.itemsize)
 
 
 def max_pool2d(x, out, kernel, stride, padding):
@@ -252,7 +543,8 @@ def max_pool2d(x, out, kernel, stride, padding):
     if not _fast(x, out):
         np.copyto(out, _reference("_max_pool2d")(x, kernel, stride, padding))
         return
-    _jit().pool_fwd(np.ascontiguousarray(x), *_pool_args(kernel, stride, padding), out)
+    x, args, fwd = np.ascontiguousarray(x), _pool_args(kernel, stride, padding), _jit().pool_fwd
+    _over_batch(x.shape[0], _images(x), lambda b0, b1, _: fwd(x, b0, b1, *args, out))
 
 
 def max_pool2d_grad(gy, x, out, kernel, stride, padding):
@@ -261,8 +553,9 @@ def max_pool2d_grad(gy, x, out, kernel, stride, padding):
     if not _fast(gy, x, out):
         np.copyto(out, _reference("_max_pool2d_grad")(gy, x, kernel, stride, padding))
         return
-    _jit().pool_bwd(np.ascontiguousarray(gy), np.ascontiguousarray(x),
-              *_pool_args(kernel, stride, padding), out)
+    gy, x = np.ascontiguousarray(gy), np.ascontiguousarray(x)
+    args, bwd = _pool_args(kernel, stride, padding), _jit().pool_bwd
+    _over_batch(x.shape[0], _images(x), lambda b0, b1, _: bwd(gy, x, b0, b1, *args, out))
 
 
 def max_pool2d_gather(gx, x, out, kernel, stride, padding):
@@ -270,8 +563,10 @@ def max_pool2d_gather(gx, x, out, kernel, stride, padding):
     if not _fast(gx, x, out):
         np.copyto(out, _reference("_max_pool2d_gather")(gx, x, kernel, stride, padding))
         return
-    _jit().pool_gather(np.ascontiguousarray(gx), np.ascontiguousarray(x),
-                 *_pool_args(kernel, stride, padding), out)
+    gx, x = np.ascontiguousarray(gx), np.ascontiguousarray(x)
+    args, gather = _pool_args(kernel, stride, padding), _jit().pool_gather
+    _over_batch(x.shape[0], _images(x),
+                lambda b0, b1, _: gather(gx, x, b0, b1, *args, out))
 
 
 INTO = {

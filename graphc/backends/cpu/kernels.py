@@ -4,6 +4,8 @@ missing here runs its reference and copies the result into place."""
 from __future__ import annotations
 
 import os
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,65 +61,200 @@ def _check_labels(labels, n_classes):
     check(labels, n_classes, "softmax_cross_entropy")
 
 
-def _sce(logits, labels, out):
+def _gather_index(labels):
+    """The labels as an index array whose row gather itself range-checks them: numpy raises
+    IndexError for an index at or past the class count, and signed labels narrower than 64
+    bits are read as their unsigned twins, so a negative one becomes one past the end
+    instead of wrapping to the last class. The feed check (graphc.feeds) has already
+    checked labels fed straight from a placeholder; this catches the others (labels behind
+    a slice, a computed value) at no extra pass. 64-bit signed labels pay one min()."""
+    dt = labels.dtype
+    if dt.kind == "i":
+        if dt.itemsize < 8:
+            return labels.view(dt.str.replace("i", "u"))  # same width and byte order
+        if labels.size and labels.min() < 0:
+            raise IndexError("negative label")
+    return labels
+
+
+def _labels_checked(kernel, logits_at: int):
+    """The kernel, its out-of-range labels (the argument after the logits) raising the
+    FeedError of graphc.ops.nn: the IndexError of its gather (see _gather_index) becomes
+    that error, whose message names the first bad label."""
+    def checked(*args, **kwargs):
+        try:
+            return kernel(*args, **kwargs)
+        except IndexError:
+            _check_labels(args[logits_at + 1], args[logits_at].shape[1])
+            raise
+    checked.__doc__, checked.__name__ = kernel.__doc__, kernel.__name__
+    return checked
+
+
+def _sce_kernel(logits, labels, out):
     """Per-row loss logsumexp(x) - x[label], one tile of rows at a time."""
-    _check_labels(labels, logits.shape[1])
+    index = _gather_index(labels)
     for r0, r1 in _rows(*logits.shape):
         z = logits[r0:r1] - np.max(logits[r0:r1], axis=1, keepdims=True)
         lse = np.log(np.sum(np.exp(z), axis=1))  # relative to the row maximum: no cancellation
-        np.subtract(lse, z[np.arange(r1 - r0), labels[r0:r1]], out=out[r0:r1])
+        np.subtract(lse, z[np.arange(r1 - r0), index[r0:r1]], out=out[r0:r1])
 
 
-def _sce_backward(g, logits, labels, out):
+def _sce_backward_kernel(g, logits, labels, out):
     """g[:, None] * (softmax(logits) - one_hot(labels)), one tile of rows at a time."""
-    _check_labels(labels, logits.shape[1])
+    index = _gather_index(labels)
     for r0, r1 in _rows(*logits.shape):
         t, o = logits[r0:r1], out[r0:r1]
         np.subtract(t, np.max(t, axis=1, keepdims=True), out=o)
         np.exp(o, out=o)
         np.divide(o, np.sum(o, axis=1, keepdims=True), out=o)
-        o[np.arange(r1 - r0), labels[r0:r1]] -= 1
+        o[np.arange(r1 - r0), index[r0:r1]] -= 1
         np.multiply(o, g[r0:r1, None], out=o)
 
 
+_sce = _labels_checked(_sce_kernel, 0)
+_sce_backward = _labels_checked(_sce_backward_kernel, 1)
+
+
+# --- threads -----------------------------------------------------------------------------
+_THREADS: int | None = None
 _POOL = None
+_POOL_LOCK = threading.Lock()
+
+
+def threads() -> int:
+    """How many threads graphc's CPU kernels run on: the cores this process may use (its
+    affinity mask, else the machine's count), at most 8. Read once per process; assign
+    `graphc.backends.cpu.kernels.set_threads(n)` to change it (1: every kernel serial)."""
+    global _THREADS
+    if _THREADS is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        _THREADS = max(1, min(n, 8))
+    return _THREADS
+
+
+def set_threads(n: int) -> None:
+    """Run the CPU kernels on `n` threads (the calling one included) from now on."""
+    global _THREADS, _POOL
+    if int(n) < 1:
+        raise ValueError(f"threads must be at least 1, got {n}")
+    with _POOL_LOCK:
+        _THREADS = int(n)
+        old, _POOL = _POOL, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+_BUSY = [0.0, False]  # (when last read, whether busy)
+
+
+def machine_busy() -> bool:
+    """Whether the machine's cores are all taken (the one-minute load average above the
+    core count), read at most every half second. Then a kernel that needs every thread
+    to arrive at a barrier (Numba's parallel loops, as torch's) waits for threads the OS
+    has not scheduled, and graphc's chunked kernels take the work-sharing path
+    (run_chunks) instead, which waits for no one."""
+    now = time.monotonic()
+    if now - _BUSY[0] > 0.5:
+        try:
+            _BUSY[1] = os.getloadavg()[0] > (os.cpu_count() or 1) + 0.5
+        except (AttributeError, OSError):
+            _BUSY[1] = False
+        _BUSY[0] = now
+    return _BUSY[1]
+
+
+def numba_threads() -> None:
+    """Numba's parallel loops on the calling thread run on threads() threads."""
+    import numba
+    n = min(threads(), numba.config.NUMBA_NUM_THREADS)
+    if numba.get_num_threads() != n:
+        numba.set_num_threads(n)
+
+
+def _pool():
+    global _POOL
+    if _POOL is None:
+        with _POOL_LOCK:
+            if _POOL is None:
+                _POOL = ThreadPoolExecutor(max(threads() - 1, 1), thread_name_prefix="graphc")
+    return _POOL
+
+
+def run_chunks(fn, n_chunks: int) -> None:
+    """fn(c) for every c in range(n_chunks), on the calling thread and threads() - 1
+    helpers, each taking the next chunk nobody has taken yet (a range iterator, atomic
+    under the GIL; fn must release it, as NumPy's loops and graphc's nogil Numba kernels
+    do). The caller works too and waits only for chunks a helper has started: on a busy
+    machine a helper that is not scheduled in time takes no chunk, so the call never runs
+    slower than one thread would by more than one chunk. The first exception is raised."""
+    helpers = min(threads(), n_chunks) - 1
+    if helpers <= 0:
+        for c in range(n_chunks):
+            fn(c)
+        return
+    chunks = iter(range(n_chunks))
+    lock = threading.Lock()
+    done = [0]
+    errors: list = []
+    finished = threading.Event()
+
+    def work():
+        for c in chunks:
+            try:
+                fn(c)
+            except BaseException as e:  # noqa: BLE001 - raised by the caller below
+                errors.append(e)
+            with lock:
+                done[0] += 1
+                if done[0] == n_chunks:
+                    finished.set()
+
+    pool = _pool()
+    for _ in range(helpers):
+        pool.submit(work)
+    work()
+    finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def _parallel(fn, tiles) -> None:
-    """Run fn(r0, r1) over row tiles on a few threads (NumPy releases the GIL inside its
-    loops); serially when the work is small or the machine has one core."""
-    global _POOL
+    """Run fn(r0, r1) over row tiles on threads() threads (NumPy releases the GIL inside
+    its loops); serially when the work is small or the machine has one core."""
     tiles = list(tiles)
-    workers = min(os.cpu_count() or 1, 8)
-    if len(tiles) < 4 or workers < 2:
+    if len(tiles) < 4 or threads() < 2:
         for r0, r1 in tiles:
             fn(r0, r1)
         return
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(workers, thread_name_prefix="graphc")
-    for f in [_POOL.submit(fn, r0, r1) for r0, r1 in tiles]:
-        f.result()
+    run_chunks(lambda c: fn(*tiles[c]), len(tiles))
 
 
-def _sce_with_backward(logits, labels, g, loss_out, grad_out):
+def _sce_with_backward_kernel(logits, labels, g, loss_out, grad_out):
     """Loss and gradient of softmax cross-entropy in one pass over the logits: each tile of
     rows is read once from memory, its exponentials computed once."""
-    _check_labels(labels, logits.shape[1])
+    index = _gather_index(labels)
     g = np.broadcast_to(g, loss_out.shape)
 
     def tile(r0, r1):
         t, o, rows = logits[r0:r1], grad_out[r0:r1], np.arange(r1 - r0)
         np.subtract(t, np.max(t, axis=1, keepdims=True), out=o)
-        picked = o[rows, labels[r0:r1]]
+        picked = o[rows, index[r0:r1]]
         np.exp(o, out=o)
         total = np.sum(o, axis=1)
         np.subtract(np.log(total), picked, out=loss_out[r0:r1])
         np.multiply(o, (g[r0:r1] / total)[:, None], out=o)
-        o[rows, labels[r0:r1]] -= g[r0:r1]
+        o[rows, index[r0:r1]] -= g[r0:r1]
 
     big = logits.size >= 1 << 22
     _parallel(tile, _rows(logits.shape[0], logits.shape[1], 1 << 20) if big
               else [(0, logits.shape[0])])
+
+
+_sce_with_backward = _labels_checked(_sce_with_backward_kernel, 0)
 
 
 # Kernels that compute two graph steps at once: (first op, second op) -> f(*inputs, *outs).

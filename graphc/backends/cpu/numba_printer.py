@@ -51,7 +51,7 @@ def prints(ins) -> bool:
             and op.scalar_form(ins.attrs) is not None)
 
 
-def print_numba(expr: FusedExpr, shared=None) -> tuple[str, dict]:
+def print_numba(expr: FusedExpr, shared=None, parallel: bool = False) -> tuple[str, dict]:
     """Source of `kernel(*inputs, *outputs, *accumulators, *extents)` (accumulators: float64,
     the reductions' keepdims shapes; extents: the iteration shape) and the constants it
     names. Extents are arguments, not literals, so one compiled kernel serves every shape
@@ -94,22 +94,65 @@ def print_numba(expr: FusedExpr, shared=None) -> tuple[str, dict]:
     # constants are module globals, which Numba freezes into the machine code (and the
     # source hash, hence the cache key, covers their values)
     lines = ["import math", "import numpy as np", "import numba", ""] + constant_lines(consts)
-    lines += ["", "@numba.njit(cache=True, nogil=True, error_model='numpy')",
+    flags = ", parallel=True" if parallel else ""
+    lines += ["", f"@numba.njit(cache=True, nogil=True, error_model='numpy'{flags})",
               f"def kernel({', '.join(params)}):"]
     indent = "    "
     lines += [indent + b for b in loads.get(-1, [])]
     for d, v in enumerate(loop_vars):
-        lines.append(f"{indent}for {v} in range(n{d}):")
+        loop = "numba.prange" if parallel and d == 0 else "range"
+        lines.append(f"{indent}for {v} in {loop}(n{d}):")
         indent += "    "
         lines += [indent + b for b in loads.get(d, [])]
     lines += [indent + b for b in body]
     return "\n".join(lines) + "\n", consts
 
 
+# A state update (several outputs, every one written over its input: an optimizer's
+# parameter and moments) over at least this many elements runs on threads(): on an idle
+# machine as Numba's prange twin of the kernel, on a busy one (kernels.machine_busy) as
+# chunks of about CHUNK_ELEMENTS rows' worth that the calling thread and the helpers take in
+# turn (kernels.run_chunks). Every other kernel stays serial: between two GEMMs the BLAS's
+# threads are still spinning on the cores, and a parallel kernel there, on either path,
+# slowed mlp-m (41 -> 46-49 ms on 2 cores); a smaller update is not worth a hand-off.
+PARALLEL_MIN_ELEMENTS = 1 << 19
+CHUNK_ELEMENTS = 1 << 18
+
+
+def _chunking(expr: FusedExpr, shared: dict, n_kept: int):
+    """(rows per chunk, chunk count, argument positions cut along the first axis) when the
+    kernel runs on several threads, else None. The positions: the inputs that vary along
+    the first iteration axis (broadcast ones are passed whole) and the outputs."""
+    from .kernels import threads
+    shape = expr.shape
+    if expr.reductions or not shape or shape[0] < 2 or threads() < 2:
+        return None
+    if len(expr.outputs) < 2 or len(shared) != len(expr.outputs):
+        return None
+    size = int(np.prod(shape, dtype=np.int64))
+    if size < PARALLEL_MIN_ELEMENTS:
+        return None
+    rows = max(1, CHUNK_ELEMENTS // max(size // shape[0], 1))
+    n_chunks = -(-shape[0] // rows)
+    if n_chunks < 2:
+        return None
+    n_in = len(expr.inputs)
+    cut = [k for k, (_, in_shape) in enumerate(expr.inputs)
+           if len(in_shape) == len(shape) and 0 in _varying_dims(in_shape, shape)]
+    cut += [n_in + k for k in range(n_kept)]
+    return rows, n_chunks, cut
+
+
 def compile_numba(expr: FusedExpr, shared=None):
     """A callable kernel(*inputs, *outputs, *reductions) running one Numba loop nest;
-    `shared`: see print_numba (the caller promises those outputs are those inputs)."""
+    `shared`: see print_numba (the caller promises those outputs are those inputs). Big
+    state updates run on several threads (see PARALLEL_MIN_ELEMENTS)."""
     shared = shared or {}
+    if not expr.outputs and not expr.reductions:
+        def nothing(*arrays):  # every value recomputed by its readers: nothing to write
+            return None
+        nothing.source = ""
+        return nothing
     source, _ = print_numba(expr, shared)
     jit = _load(source)
     shape = expr.shape
@@ -122,6 +165,47 @@ def compile_numba(expr: FusedExpr, shared=None):
     kept = [k for k in range(n_out) if k not in shared]
 
     loaded = False  # whether the dispatcher has run once (and so loaded from disk or built)
+    chunking = _chunking(expr, shared, len(kept))
+    if chunking is not None:
+        from .kernels import machine_busy, numba_threads, run_chunks
+        rows, n_chunks, cut = chunking
+        par_source, _ = print_numba(expr, shared, parallel=True)
+        par_jit = None  # the prange twin, compiled (or loaded) at the first call
+        extent = n_in + len(kept)  # the position of the first axis's extent
+        n0 = shape[0]
+
+        def split(args):
+            # Idle cores: Numba's parallel loop, whose thread pool starts in a few us. All
+            # cores taken: its barrier would wait for threads the OS has not scheduled (as
+            # torch's does), so the chunks go to run_chunks, which waits for no one.
+            if par_jit is not None and not machine_busy():
+                numba_threads()
+                par_jit(*args)
+                return
+
+            def chunk(c):
+                lo = c * rows
+                hi = min(lo + rows, n0)
+                part = list(args)
+                for k in cut:
+                    part[k] = args[k][lo:hi]
+                part[extent] = hi - lo
+                jit(*part)
+            run_chunks(chunk, n_chunks)
+
+    def load_parallel():
+        """The prange twin for the signature the first call typed (not run: that call has
+        written its outputs already); without it, the chunks take run_chunks."""
+        nonlocal par_jit
+        try:
+            twin = _load(par_source)
+            twin.compile(jit.signatures[-1])
+            par_jit = twin
+        except Exception as e:  # noqa: BLE001 - the serial kernel and run_chunks still work
+            import warnings
+            warnings.warn(f"graphc: the parallel twin of a fused kernel failed to build "
+                          f"({type(e).__name__}: {e}); it runs on graphc's own threads",
+                          KernelCacheWarning, stacklevel=3)
 
     def kernel(*arrays):
         nonlocal jit, loaded
@@ -131,7 +215,10 @@ def compile_numba(expr: FusedExpr, shared=None):
             accs.append(acc)
         args = (*arrays[:n_in], *[arrays[n_in + k] for k in kept], *accs, *shape)
         if loaded:
-            jit(*args)
+            if chunking is None:
+                jit(*args)
+            else:
+                split(args)
         else:
             # the first call loads Numba's cached machine code: a damaged index or data file
             # fails here, before any element is written
@@ -144,6 +231,8 @@ def compile_numba(expr: FusedExpr, shared=None):
                 jit = _rebuild(source, jit, e)
                 jit(*args)
             loaded = True
+            if chunking is not None:
+                load_parallel()
         for (acc, kd, count), out in zip(reds, arrays[n_in + n_out:]):
             if count != 1:
                 acc /= count

@@ -39,9 +39,28 @@ def _emit(ins: Instr, args: list, out: str, k: int) -> list:
     return [f"np.copyto({out}, R{k}({', '.join(args)}), casting='unsafe')"]
 
 
-def _last_uses(expr: FusedExpr) -> dict:
+def _live(expr: FusedExpr) -> set:
+    """The instructions an output or a reduction needs. A fused group can hold steps whose
+    values no output keeps (a value its reader recomputes, see schedule.recompute): they
+    are not printed."""
+    live = {j for _, j in expr.outputs} | {r[1] for r in expr.reductions}
+    for j in range(len(expr.instrs) - 1, -1, -1):
+        if j in live:
+            live.update(i for kind, i in expr.instrs[j].args if kind == "v")
+    return live
+
+
+def _last_input_read(expr: FusedExpr, live: set) -> int:
+    """The last live instruction reading an input (-1 when none does)."""
+    return max((j for j in live if any(kind == "in" for kind, _ in expr.instrs[j].args)),
+               default=-1)
+
+
+def _last_uses(expr: FusedExpr, live: set) -> dict:
     last = {}
     for j, ins in enumerate(expr.instrs):
+        if j not in live:
+            continue
         for kind, i in ins.args:
             if kind == "v":
                 last[i] = j
@@ -69,10 +88,18 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
     # register allocation of scratch tiles, per dtype
     scratch: list = []
     free: dict = {}
-    last = _last_uses(expr)
+    live = _live(expr)
+    last = _last_uses(expr, live)
+    # An output that overwrites an input's buffer (in place, or a parameter's storage:
+    # same shape, same layout) is written directly by its instruction once every input of
+    # the tile has been read, when the instruction is one call that reads its arguments
+    # before writing (a ufunc with out=, whose exact overlap NumPy handles); else through a
+    # scratch tile and a copy at the end.
+    inputs_read_by = _last_input_read(expr, live)
     out_of = {j: k for k, (_, j) in enumerate(expr.outputs)}
     loc: dict[int, str] = {}
     temp_of: dict[int, int] = {}
+    written: set[int] = set()  # outputs their instruction writes directly
 
     def take(dtype) -> int:
         pool = free.setdefault(np.dtype(dtype).str, [])
@@ -90,11 +117,15 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
 
     ins_exprs = [sl(f"i{k}", s) for k, (_, s) in enumerate(expr.inputs)]
     for j, ins in enumerate(expr.instrs):
+        if j not in live:
+            continue
         args = [ins_exprs[i] if kind == "in" else loc[i] for kind, i in ins.args]
         if ins.reference is not None and ins.op not in FORMS:
             ns[f"R{j}"] = _bind(ins)
-        direct = j in out_of and out_of[j] not in aliased_outputs
+        direct = j in out_of and (out_of[j] not in aliased_outputs or (
+            j >= inputs_read_by and len(FORMS.get(ins.op, ())) == 1))
         if direct:
+            written.add(out_of[j])
             target = sl(f"o{out_of[j]}", shape)
             lines = _emit(ins, args, target, j)
         else:
@@ -108,7 +139,7 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
             if kind == "v" and last.get(i) == j and i in temp_of:
                 free.setdefault(np.dtype(expr.instrs[i].dtype).str, []).append(temp_of.pop(i))
     for k, (_, j) in enumerate(expr.outputs):
-        if k in aliased_outputs or j not in out_of or out_of[j] != k:
+        if k not in written:
             body.append(f"np.copyto({sl(f'o{k}', shape)}, {loc[j]})")
     pre, post = [], []
     for k, (_, j, axes, kind, out_shape) in enumerate(expr.reductions):
@@ -130,7 +161,7 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
             post.append(f"np.divide(r{k}, {count}, out=r{k})")
     lines = [f"def kernel({', '.join(params)}):"]
     lines += [f"    {p}" for p in pre]
-    if tiled:
+    if tiled and body:
         lines.append(f"    for r0 in range(0, {rows}, {tile}):")
         lines.append(f"        r1 = min(r0 + {tile}, {rows})")
         lines.append("        n = r1 - r0")
@@ -138,6 +169,8 @@ def print_numpy(expr: FusedExpr, aliased_outputs=()) -> tuple[str, dict, list]:
     else:
         lines += [f"    {b}" for b in body]
     lines += [f"    {p}" for p in post]
+    if len(lines) == 1:  # nothing left to compute (every value recomputed by its readers)
+        lines.append("    pass")
     return "\n".join(lines) + "\n", ns, scratch
 
 
