@@ -8,9 +8,9 @@ by the plan's allreduce). Modelled (labelled "modelled"): strong- and weak-scali
 bandwidths, with the single-GPU step time from benchmarks/RESULTS.md's GPU section when one
 has been measured, otherwise the peers' figures in ../shared/GPU_NOTES.md (labelled so).
 
-Ranks run under `mpiexec -n N python -m mpi4py -m benchmarks.scaling --worker ...`; each
-worker prints one JSON line from rank 0, and every rank prints "rank R ok" so that a rank
-that died is noticed (mpiexec's exit status alone proves nothing)."""
+Ranks run under `mpiexec -n N python -m mpi4py -m benchmarks.scaling --worker ...`; every
+rank writes its result to a file of its own, so that a rank that died is noticed (mpiexec's
+exit status alone proves nothing)."""
 from __future__ import annotations
 
 import argparse
@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,14 +169,13 @@ def _worker_step(repeats: int, global_batch: int) -> dict:
             "step_s": float(np.median(times)), "spread": float(np.ptp(times) / np.median(times))}
 
 
-def _worker(kind: str, repeats: int, global_batch: int) -> None:
+def _worker(kind: str, repeats: int, global_batch: int, out_dir: str) -> None:
     from mpi4py import MPI
     rank = MPI.COMM_WORLD.Get_rank()
     result = _worker_allreduce(repeats) if kind == "allreduce" else \
         _worker_step(repeats, global_batch)
-    if rank == 0:
-        print("RESULT " + json.dumps(result), flush=True)
-    print(f"rank {rank} ok", flush=True)
+    # one file per rank: the ranks' stdout lines interleave through mpiexec
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
 def _mpiexec() -> str | None:
@@ -194,17 +194,18 @@ def run_ranks(kind: str, ranks: int, repeats: int, global_batch: int = MLP_M_BAT
     env = dict(os.environ, OMP_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads,
                MKL_NUM_THREADS=threads, NUMBA_NUM_THREADS=threads,
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m",
-           "benchmarks.scaling", "--worker", kind, "--repeats", str(repeats),
-           "--global-batch", str(global_batch)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
-                          cwd=ROOT)
-    ok = {int(m) for m in re.findall(r"^rank (\d+) ok$", proc.stdout, re.M)}
-    result = re.search(r"^RESULT (.*)$", proc.stdout, re.M)
-    if ok != set(range(ranks)) or result is None:
-        raise RuntimeError(f"{kind} on {ranks} ranks failed (ranks done: {sorted(ok)}):\n"
+    with tempfile.TemporaryDirectory() as out_dir:
+        cmd = [mpiexec, "-n", str(ranks), sys.executable, "-m", "mpi4py", "-m",
+               "benchmarks.scaling", "--worker", kind, "--repeats", str(repeats),
+               "--global-batch", str(global_batch), "--out-dir", out_dir]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                              cwd=ROOT)
+        done = {r: Path(out_dir, f"rank{r}.json") for r in range(ranks)}
+        done = {r: json.loads(f.read_text()) for r, f in done.items() if f.exists()}
+    if sorted(done) != list(range(ranks)):
+        raise RuntimeError(f"{kind} on {ranks} ranks failed (ranks done: {sorted(done)}):\n"
                            f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return json.loads(result.group(1))
+    return done[0]
 
 
 # --- the report ------------------------------------------------------------------------
@@ -275,9 +276,10 @@ def main(argv=None) -> int:
                    help="RESULTS.md to update ('' to leave it alone)")
     p.add_argument("--json", default=None)
     p.add_argument("--worker", choices=["allreduce", "step"], help=argparse.SUPPRESS)
+    p.add_argument("--out-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        _worker(args.worker, args.repeats, args.global_batch)
+        _worker(args.worker, args.repeats, args.global_batch, args.out_dir)
         return 0
     allreduce = run_ranks("allreduce", args.ranks, args.repeats)
     steps = [run_ranks("step", r, args.repeats, args.global_batch)

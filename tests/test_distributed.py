@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
+from conftest import needs_data
 from graphc.plan import make_buckets
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,3 +387,173 @@ def test_gradients_are_computed_in_their_bucket_unless_read_elsewhere(self_comm)
         loss, params = _mlp()
         want = gc.compile(gc.grad(loss, params[0]))(x=x, y=y)
     np.testing.assert_array_equal(got, want)  # this rank's own gradient, before the update
+
+
+# --- gc.fit(..., data_parallel=comm) ---------------------------------------------------
+FIT_SCRIPT = ROOT / "tests" / "mpi" / "fit.py"
+
+
+def _fit_ranks(*args, **kw):
+    results, proc = run_ranks(*args, script=FIT_SCRIPT, timeout=kw.pop("timeout", 300), **kw)
+    for r in results.values():
+        assert "error" not in r, r
+        assert r["size"] == 2
+    return results, proc
+
+
+@needs_mpiexec
+@pytest.mark.parametrize("n, batch_size", [
+    (101, 16),  # 6 batches of 16 (8 rows a rank) and one of 5 (2 and 3 rows)
+    (97, 16),  # a last batch of 1 row: rank 0 has none (a padding row of weight 0)
+    (100, 15),  # batch_size not a multiple of the ranks: 7 and 8 rows a rank
+])
+def test_fit_on_two_ranks_trains_as_one_process(n, batch_size):
+    results, proc = _fit_ranks("--mode", "fit", "--n", n, "--batch-size", batch_size,
+                               "--progress")
+    r0, r1 = results[0], results[1]
+    assert r0["digest"] == r1["digest"], "ranks ended with different parameters"
+    # every figure is the same on every rank (times: the slowest rank's), so callbacks and
+    # early stopping decide alike
+    for key in ("history", "epochs", "stopped_early", "times"):
+        assert r0[key] == r1[key], key
+    assert r0["epochs"] == [0, 1, 2]
+    assert set(r0["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy", "lr"}
+    for r in (r0, r1):
+        assert r["same_names"] and r["same_keys"]
+        # float64, shuffled, rank 1 started from other initial values: as one process on
+        # the whole batches with the same seed
+        assert r["rel_err"] < 1e-6, r["rel_err"]
+        assert r["history_rel_err"] < 1e-6, r["history_rel_err"]
+    # only rank 0 reports progress: one summary line per epoch
+    assert proc.stderr.count("epoch 1/3: loss") == 1, proc.stderr[-2000:]
+    assert proc.stderr.count("epoch 3/3: loss") == 1
+
+
+@needs_mpiexec
+def test_fit_on_two_ranks_takes_dict_inputs():
+    results, _ = _fit_ranks("--mode", "dict", "--n", 75, "--batch-size", 16)
+    assert results[0]["digest"] == results[1]["digest"]
+    assert results[0]["history"] == results[1]["history"]
+    for r in results.values():
+        assert r["rel_err"] < 1e-6 and r["history_rel_err"] < 1e-6, r
+
+
+@needs_mpiexec
+def test_fit_checkpoint_written_by_rank_0_resumes_on_both_ranks(tmp_path):
+    ck = str(tmp_path / "ck.npz")
+    common = ("--n", 101, "--batch-size", 16, "--epochs", 3, "--ckpt", ck)
+    # batch 4 of epoch 2 (0-based epoch 1): the last save was after its 4th batch
+    written, _ = _fit_ranks("--mode", "ckpt-write", "--every-steps", 2, "--stop-epoch", 1,
+                            "--stop-batch", 4, *common)
+    for r in written.values():
+        assert r["interrupted"]
+    assert written[0]["full_digest"] == written[1]["full_digest"]
+    assert written[0]["full"] == written[1]["full"]
+    assert written[0]["saves"] > 0 and written[1]["saves"] == 0  # rank 0 alone writes
+    assert os.path.exists(ck)
+    # fresh processes, each rank built from other initial values than the run's
+    resumed, _ = _fit_ranks("--mode", "ckpt-resume", *common)
+    assert resumed[0]["loads"] == 1 and resumed[1]["loads"] == 0  # rank 0 reads, broadcasts
+    full = written[0]["full"]
+    for r in resumed.values():
+        assert r["digest"] == written[0]["full_digest"]  # bit for bit, optimizer state too
+        assert r["epochs"] == [1, 2]
+        for key, values in full["history"].items():
+            assert r["history"][key] == values[1:], key
+        assert r["saves"] == 0
+
+
+@needs_mpiexec
+def test_a_checkpoint_rank_0_cannot_write_fails_on_every_rank(tmp_path):
+    ck = str(tmp_path / "no such folder" / "ck.npz")
+    results, _ = run_ranks("--mode", "ckpt-fail", "--ckpt", ck, script=FIT_SCRIPT, timeout=180)
+    assert "error" in results[0] and "TrainError" != results[0]["error"], results[0]
+    r1 = results[1]
+    assert r1.get("error") == "TrainError", r1  # told by rank 0, not timed out
+    assert f"rank 0 could not write the checkpoint {ck}" in r1["message"]
+    assert results[0]["error"] in r1["message"]
+
+
+@needs_mpiexec
+def test_fit_on_ranks_with_different_data_fails_on_every_rank():
+    results, _ = run_ranks("--mode", "mismatch", "--n", 64, script=FIT_SCRIPT, timeout=180)
+    for r in results.values():
+        assert r.get("error") == "TrainError", r
+        assert "rank(s) 1" in r["message"] and "64" in r["message"] and "63" in r["message"]
+
+
+@needs_mpiexec
+def test_fit_over_a_data_parallel_step():
+    # a compiled step cannot be weighted: fit splits batches that divide evenly...
+    results, _ = _fit_ranks("--mode", "step", "--n", 96, "--batch-size", 16)
+    assert results[0]["digest"] == results[1]["digest"]
+    assert results[0]["history"] == results[1]["history"]
+    assert all(r["rel_err"] < 1e-6 for r in results.values())
+    # ...and refuses the others on every rank, before any step
+    refused, _ = run_ranks("--mode", "step", "--n", 101, "--batch-size", 16,
+                           script=FIT_SCRIPT, timeout=180)
+    for r in refused.values():
+        assert r.get("error") == "TrainError", r
+        assert "5 rows" in r["message"] and "2 ranks" in r["message"]
+
+
+@needs_mpiexec
+@needs_data
+def test_mnist_mlp_example_runs_data_parallel(tmp_path):
+    # as tests/test_examples.py runs the examples, on 2 ranks
+    env = dict(os.environ, PYTHONPATH=str(ROOT),
+               GRAPHC_DATA=os.path.abspath(os.environ["GRAPHC_DATA"]),
+               OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [MPIEXEC, "-n", "2", sys.executable, "-m", "mpi4py",
+         str(ROOT / "examples" / "mnist_mlp.py"), "--data-parallel", "--epochs", "1",
+         "--limit", "512", "--no-progress", "--plot", str(tmp_path / "curve.png")],
+        env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 alone prints; a rank that failed or left early would have ended the job
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("test accuracy")]
+    assert len(lines) == 1 and lines[0].endswith("on 2 ranks"), proc.stdout
+    assert float(lines[0].split()[2]) > 0.5
+    # the plot too (or the note that matplotlib is missing)
+    assert proc.stdout.count("loss curve:") + proc.stdout.count("no plot written") == 1
+
+
+def _blob_fit(data_parallel, **kw):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(70, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    with gc.Graph() as g:
+        model = gc.nn.Sequential(gc.nn.Dense(4, 8, activation="relu"), gc.nn.Dropout(0.2),
+                                 gc.nn.Dense(8, 2))
+        h = gc.fit(model, (x, y), epochs=2, batch_size=16, validation=(x[:20], y[:20]),
+                   optimizer=gc.optim.Adam(lr=0.01), progress=False,
+                   data_parallel=data_parallel, **kw)
+        return h, {p.name: p.value for p in g.parameters()}
+
+
+@needs_mpi4py
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fit_on_one_rank_equals_the_plain_fit(self_comm, shuffle):
+    plain, want = _blob_fit(None, shuffle=shuffle)
+    one, got = _blob_fit(self_comm, bucket_bytes=64, shuffle=shuffle)
+    assert one.history == plain.history
+    assert one.step.communicator is self_comm and len(one.step.buckets) == 4
+    assert plain.step.communicator is None
+    assert one.evaluate.communicator is None  # evaluation is not data parallel
+    assert set(got) == set(want)
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+
+
+@needs_mpi4py
+def test_fit_data_parallel_errors_name_what_to_change(self_comm):
+    x, y = _data(16)
+    with gc.Graph():
+        loss, _ = _mlp()
+        step = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.1))
+        with pytest.raises(gc.train.TrainError, match="compile the step with data_parallel"):
+            gc.fit(step, {"x": x, "y": y}, data_parallel=self_comm, progress=False)
+        with pytest.raises(gc.train.TrainError, match="bucket_bytes"):
+            gc.fit(step, {"x": x, "y": y}, bucket_bytes=1024, progress=False)
+    with pytest.raises(gc.train.TrainError, match="gc.distributed.mpi"):
+        gc.fit(gc.nn.Dense(5, 3), (x, y), data_parallel=object(), progress=False)

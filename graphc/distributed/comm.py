@@ -154,15 +154,19 @@ class Communicator:
 
     def _wait_request(self, request, tag: tuple[int, str]) -> None:
         self._current = tag
-        deadline = time.monotonic() + self.timeout
-        spins = 0
+        start = time.monotonic()
+        deadline = start + self.timeout
         try:
             while not request.Test():
                 self._serve()
-                spins += 1
-                if spins > 200:  # then sleep a little between polls: 50 us up to 1 ms
-                    time.sleep(min(1e-3, 5e-5 * (spins - 200) / 20 + 5e-5))
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                # Poll without sleeping for the first millisecond: a small collective
+                # completes within microseconds once every rank is there, and a sleep
+                # would put the ranks out of step. Then back off: 50 us growing to 1 ms.
+                waited = now - start
+                if waited > 1e-3:
+                    time.sleep(min(1e-3, 5e-5 + waited / 20))
+                if now > deadline:
                     self._timed_out(tag)
         finally:
             self._current = None
