@@ -439,3 +439,26 @@ def test_loss_kernels_make_no_range_pass_of_their_own(monkeypatch, rng):
     monkeypatch.setattr(cpu_kernels.os, "cpu_count", lambda: calls.append("cpu_count"))
     fn(feeds)
     assert calls == []
+
+
+def _scatter_reference(shape, grads, codes):
+    from graphc.ops.shape_ops import _scatter_slices as ref
+    return ref(shape, *grads, indices=tuple(codes))
+
+
+@pytest.mark.parametrize("shape,indices", [
+    ((6, 3, 4), [(i,) for i in range(6)]),  # an RNN's steps: tiles, copied into place
+    ((2, 8), [(slice(None), slice(k, k + 2)) for k in range(0, 8, 2)]),  # gates
+    ((5, 4), [(slice(0, 3),), (slice(2, 5),), (1, slice(None, None, 2))]),  # overlaps
+    ((4, 3), [(slice(0, 2),)]),  # leaves zeros
+    ((2, 2), [(0, 0), (0, 1), (1, 0), (1, 1)]),  # 0-d slices
+    ((3, 4), [(None, slice(0, 3), slice(None))]),  # a new axis
+])
+def test_scatter_slices_kernel_equals_the_reference(shape, indices, rng):
+    from graphc.ops.shape_ops import _encode_index
+    codes = [_encode_index(i, len(shape)) for i in indices]
+    like = np.zeros(shape)
+    grads = [rng.normal(size=like[i].shape) for i in indices]
+    out = np.full(shape, np.nan)  # whatever the buffer held before
+    cpu_kernels.INTO["scatter_slices"](*grads, out=out, indices=tuple(codes))
+    np.testing.assert_array_equal(out, _scatter_reference(shape, grads, codes))

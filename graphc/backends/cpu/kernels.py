@@ -3,6 +3,7 @@ that are not elementwise (elementwise ops go through the fused-kernel code gener
 missing here runs its reference and copies the result into place."""
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -260,8 +261,35 @@ _sce_with_backward = _labels_checked(_sce_with_backward_kernel, 0)
 # Kernels that compute two graph steps at once: (first op, second op) -> f(*inputs, *outs).
 PAIRS = {("softmax_cross_entropy", "softmax_cross_entropy_backward"): _sce_with_backward}
 
+@functools.lru_cache(maxsize=256)
+def _tiles(shape: tuple, indices: tuple) -> bool:
+    """Whether the slices cover every element of an array of `shape` exactly once (checked
+    once per shape and slices, on a byte mask)."""
+    from ...ops.shape_ops import _decode_index
+    cover = np.zeros(shape, np.uint8)
+    for code in indices:
+        cover[_decode_index(code)] += 1
+    return bool((cover == 1).all())
+
+
+def _scatter_slices(*grads, out, indices):
+    """zeros with each gradient added at its slice, written into out: where the slices tile
+    out exactly once (an RNN's steps, an LSTM's gates), each is copied into place, with no
+    zero fill and no read of out; otherwise zeros, then the sums in the reference's order."""
+    from ...ops.shape_ops import _decode_index
+    places = [_decode_index(code) + (Ellipsis,) for code in indices]  # views, even 0-d
+    if _tiles(tuple(out.shape), tuple(indices)):
+        for g, where in zip(grads, places):
+            np.copyto(out[where], g, casting="unsafe")
+        return
+    out[...] = 0
+    for g, where in zip(grads, places):
+        out[where] += g
+
+
 INTO = {
     "matmul": _matmul,
+    "scatter_slices": _scatter_slices,
     "sum": _reduce(np.sum),
     "mean": _reduce(np.mean),
     "max": _reduce(np.max),
