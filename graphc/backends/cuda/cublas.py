@@ -100,6 +100,15 @@ def plan_gemm(a_shape, a_strides, b_shape, b_strides, itemsize: int) -> GemmCall
                     ldc=max(n, 1), batch=batch, stride_b=sb, stride_a=sa, stride_c=m * n)
 
 
+def gemm_call(a, b, out) -> GemmCall | None:
+    """The cuBLAS call computing out = a @ b in place, or None where cuBLAS cannot: a dtype
+    other than float32/float64 (or mixed), a strided output, or an operand to be copied."""
+    if out.dtype.name not in ("float32", "float64") or a.dtype != out.dtype or \
+            b.dtype != out.dtype or not out.flags.c_contiguous:
+        return None
+    return plan_gemm(a.shape, a.strides, b.shape, b.strides, out.itemsize)
+
+
 def _stored(flat: np.ndarray, offset: int, rows: int, cols: int, ld: int) -> np.ndarray:
     """The column-major rows x cols matrix with leading dimension `ld` at element `offset`
     of `flat`, as cuBLAS reads it."""
@@ -177,27 +186,18 @@ class CapturableBlas:
         set_workspace = _set_workspace_function()
         self.capturable = set_workspace is not None and set_workspace(
             self.handle, self.workspace.data.ptr, WORKSPACE_BYTES) == 0
-        self._scalars: dict = {}
-
-    def _scalar(self, value: float, dtype) -> int:
-        """A host pointer to `value` (host pointer mode reads it when the call is made, or
-        captured; the array is kept alive)."""
-        key = (float(value), np.dtype(dtype).str)
-        if key not in self._scalars:
-            self._scalars[key] = np.array(value, dtype)
-        return self._scalars[key].ctypes.data
 
     def gemm(self, a, b, out, alpha: float = 1.0, beta: float = 0.0) -> bool:
         """out = alpha * a @ b + beta * out through cuBLAS; False (nothing done) when the
         dtypes or layouts need CuPy's general matmul instead."""
-        if out.dtype.name not in ("float32", "float64") or a.dtype != out.dtype or \
-                b.dtype != out.dtype or not out.flags.c_contiguous:
-            return False
-        call = plan_gemm(a.shape, a.strides, b.shape, b.strides, out.itemsize)
+        call = gemm_call(a, b, out)
         if call is None:
             return False
         lib, double = self.lib, out.dtype.name == "float64"
-        al, be = self._scalar(alpha, out.dtype), self._scalar(beta, out.dtype)
+        # host pointer mode: cuBLAS reads alpha and beta before the call returns (a
+        # capture records their values), so arrays alive for the call suffice
+        scalars = np.array([alpha, beta], out.dtype)
+        al, be = scalars.ctypes.data, scalars.ctypes.data + out.itemsize
         if call.batch == 1:
             fn = lib.dgemm if double else lib.sgemm
             fn(self.handle, call.trans_b, call.trans_a, call.m, call.n, call.k, al,

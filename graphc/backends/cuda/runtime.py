@@ -265,11 +265,8 @@ class SimRuntime(_CudaRuntime):
 
     @staticmethod
     def _gemm(a, b, out, alpha, beta) -> bool:
-        from .cublas import emulate, plan_gemm
-        if out.dtype.name not in ("float32", "float64") or a.dtype != out.dtype or \
-                b.dtype != out.dtype or not out.flags.c_contiguous:
-            return False
-        call = plan_gemm(a.shape, a.strides, b.shape, b.strides, out.itemsize)
+        from .cublas import emulate, gemm_call
+        call = gemm_call(a, b, out)
         if call is None:
             return False
         emulate(call, a, b, out, alpha, beta)
