@@ -142,3 +142,12 @@ def test_torch_lstm_peer_holds_the_data_weights_in_nn_lstm():
         runner.fingerprint()
     runner.step()
     assert not torch.equal(lstm.weight_hh_l0, torch.tensor(data["params"][1]))
+
+
+def test_profile_times_every_computing_kernel_of_the_step(capsys):
+    from benchmarks.profile import profile
+    per = profile("lenet", steps=2, top=5, quick=True)
+    out = capsys.readouterr().out
+    assert out.startswith("lenet: step ")
+    assert "by kind:" in out and "conv2d" in out and "slowest:" in out
+    assert per and all(t >= 0 for t in per.values()) and sum(per.values()) > 0

@@ -103,6 +103,37 @@ def test_cnn_and_lstm_follow_the_cpu_trajectory(build, shapes, classes):
         np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
 
 
+def test_stacked_backprop_through_time_concats_equal_the_cpu():
+    """The per-step gate gradients and hidden states written straight into their concats'
+    buffers (256-byte pieces: aligned for the device's arena), the concats not launched."""
+    def train(backend):
+        rng = np.random.default_rng(5)
+        with gc.Graph():
+            nn.seed(5)
+            x = gc.placeholder("x", (3, None, 4))
+            y = gc.placeholder("y", (None,), dtype="int32")
+            _, (h, _) = nn.LSTM(4, 32).run(x)
+            step = gc.compile(gc.softmax_cross_entropy(nn.Dense(32, 3)(h), y),
+                              optimizer=gc.optim.SGD(lr=0.5), backend=backend)
+            xb = rng.normal(size=(3, 2, 4)).astype(np.float32)
+            yb = rng.integers(0, 3, size=2).astype(np.int32)
+            losses = [float(step(x=xb, y=yb)) for _ in range(3)]
+            return losses, [p.value for p in gc.get_default_graph().parameters()], step
+    losses, params, step = train("cuda")
+    cpu_losses, cpu_params, _ = train("numpy")
+    (bound, run), = step._compiled.values()
+    stacked = bound.memory.stacked
+    assert len(stacked) == 2
+    elided = {i for i, k in enumerate(bound.kernels) if k.outputs and k.outputs[0] in stacked}
+    assert elided and not elided & {i for i, _, _ in run.launches}
+    # no strided outputs on the device: its gate-gradient scatters still run as kernels
+    assert not bound.memory.sliced and not bound.memory.placed
+    assert any(k.ops == ["scatter_slices"] for k in bound.kernels)
+    np.testing.assert_allclose(losses, cpu_losses, rtol=1e-5)
+    for p, q in zip(params, cpu_params):
+        np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-6)
+
+
 def test_random_streams_equal_the_cpu_bit_for_bit():
     def masks(backend):
         with gc.Graph():

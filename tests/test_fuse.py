@@ -172,6 +172,59 @@ def test_sgd_update_fused_into_gemm_matches_unfused(rng, dtype):
 
 
 @needs_blas
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_update_of_a_weight_used_transposed_rides_in_its_gemm(dtype):
+    """x @ W.T (torch's Linear layout): W's gradient is (A @ B)^T; the update computes
+    W -= lr * B^T @ A^T in one GEMM instead of an update pass over a transposed view."""
+    def run(optimize):
+        with gc.Graph():
+            x = gc.placeholder("x", (None, 12), dtype=dtype)
+            t = gc.placeholder("t", (None,), dtype="int32")
+            w0 = gc.parameter("w0", shape=(16, 12), dtype=dtype, seed=1)
+            w1 = gc.parameter("w1", shape=(4, 16), dtype=dtype, seed=2)
+            loss = gc.softmax_cross_entropy(gc.tanh(x @ w0.T) @ w1.T, t)
+            fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.3), optimize=optimize)
+            data = np.random.default_rng(5)
+            for _ in range(4):
+                fn(x=data.normal(size=(8, 12)), t=data.integers(0, 4, 8))
+            return fn, w0.value, w1.value
+
+    fused, *got = run(True)
+    _, *want = run(False)
+    gemms = [k for k in fused.plan.kernels if k.kind == "gemm"]
+    assert [k.ops for k in gemms] == [["matmul", "transpose", "mul", "sub"]] * 2, fused.plan
+    assert all(k.transpose_operands for k in gemms)
+    assert not any(k.ops == ["mul", "sub"] for k in fused.plan.kernels)
+    assert "gemm[matmul -> transpose -> mul -> sub]" in str(fused.plan)
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_reduction_over_inner_axes_sums_in_a_register_and_matches_numpy(rng):
+    """A ReLU backward with its bias gradient (sum over batch and pixels): the Numba kernel
+    sums each (image, channel) plane in a local and adds it once, and the result agrees
+    with a float64 sum."""
+    x = gc.placeholder("x", (None, 6, 28, 28))
+    b = gc.parameter("b", shape=(6, 1, 1), init="normal", seed=3)
+    loss = gc.sum(gc.relu(x + b) * gc.constant(rng.normal(size=(6, 28, 28)).astype("f4")))
+    fn = gc.compile([loss, gc.grad(loss, b)])
+    xv = rng.normal(size=(16, 6, 28, 28)).astype(np.float32)
+    _, gb = fn(x=xv)
+    fused = [k for k in fn.plan.kernels if k.kind == "fused" and k.reductions]
+    assert fused, fn.plan
+    ref = gc.compile([loss, gc.grad(loss, b)], optimize=False)
+    np.testing.assert_allclose(gb, ref(x=xv)[1], rtol=1e-5, atol=1e-4)
+    from graphc.schedule.expr import build_expr
+    bp = fn.plan
+    sources = [numba_cpu.print_numba(build_expr(k, bp.plan, bp.shapes))[0] for k in fused]
+    import re
+    assert any(re.search(r"a\d+\[0, j1, 0, 0\] \+= s\d+", src) for src in sources), sources
+    assert not any(re.search(r"a\d+\[[^]]*\] \+= t\d+", src) for src in sources), sources
+
+
+@needs_blas
 def test_no_gemm_update_when_the_weight_is_read_afterwards(rng):
     x = gc.placeholder("x", (None, 6))
     w = gc.parameter("w", shape=(6, 3), seed=0)
@@ -462,3 +515,42 @@ def test_scatter_slices_kernel_equals_the_reference(shape, indices, rng):
     out = np.full(shape, np.nan)  # whatever the buffer held before
     cpu_kernels.INTO["scatter_slices"](*grads, out=out, indices=tuple(codes))
     np.testing.assert_array_equal(out, _scatter_reference(shape, grads, codes))
+
+
+@needs_blas
+def test_small_products_run_on_one_blas_thread_and_the_count_is_restored():
+    api = blas._thread_api()
+    if api is None:
+        pytest.skip("not OpenBLAS")
+    set_fn, get_fn = api
+    before = get_fn()
+    set_fn(2)
+    try:
+        import threading
+        seen = []
+        with blas.serial_if_small(1e3):
+            seen.append(get_fn())
+            with blas.serial_if_small(1e3):  # nested
+                seen.append(get_fn())
+        assert seen == [1, 1] and get_fn() == 2
+        with blas.serial_if_small(1e12):  # a big product keeps every thread
+            assert get_fn() == 2
+
+        def many():
+            for _ in range(200):
+                with blas.serial_if_small(1e3):
+                    pass
+        threads = [threading.Thread(target=many) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert get_fn() == 2
+        from graphc.backends.cpu.kernels import _matmul
+        a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
+        out = np.empty((3, 5), np.float32)
+        _matmul(a, b, out)
+        np.testing.assert_array_equal(out, a @ b)
+        assert get_fn() == 2
+    finally:
+        set_fn(before)

@@ -2,8 +2,10 @@
 import tracemalloc
 
 import numpy as np
+import pytest
 
 import graphc as gc
+from graphc.testing import check_grads
 
 
 def _mlp_step(rng, batch=256):
@@ -97,3 +99,279 @@ def test_theano_update_semantics_survive_in_place_writes():
     fn()
     np.testing.assert_allclose(a.value, [10, 20])
     np.testing.assert_allclose(b.value, [1, 2])
+
+
+# --- concats stacked in place (memory_plan._stacked_pieces) --------------------------------
+def _unstacked(monkeypatch):
+    """Plans made from here on stack no concat (the reference they must equal)."""
+    from graphc.schedule import memory_plan
+    monkeypatch.setattr(memory_plan, "_stacked_pieces", lambda *a, **k: ({}, {}))
+
+
+def _lstm_grads(seed=0, T=6, B=4, I=3, H=8, dtype="float32"):
+    """An LSTM's loss and gradients (backprop through time stacks the per-step gate
+    gradients and hidden states with concat): the compiled function and its results."""
+    rng = np.random.default_rng(seed)
+    with gc.Graph("lstm"):
+        lstm = gc.nn.LSTM(I, H)
+        x = gc.placeholder("x", (T, None, I), dtype=dtype)
+        _, (h, _) = lstm.run(x)
+        loss = gc.sum(gc.square(h))
+        fn = gc.compile([loss, *gc.grad(loss, [x] + lstm.parameters())])
+        return fn, fn(x=rng.normal(size=(T, B, I)).astype(dtype))
+
+
+def _concat_kernels(bp):
+    return [i for i, k in enumerate(bp.kernels) if k.kind == "op" and k.ops == ["concat"]]
+
+
+def test_backprop_through_time_concats_are_stacked_in_place(monkeypatch):
+    fn, got = _lstm_grads()
+    bp, mem = fn.plan, fn.plan.memory
+    concats = _concat_kernels(bp)
+    assert len(concats) == 2 and mem.stacked == {bp.kernels[i].outputs[0] for i in concats}
+    source = next(iter(fn._compiled.values()))[1].source  # the generated step
+    assert not any(f"K{i}(" in source for i in concats)  # no concat kernel runs
+    viewed = {k.outputs[0]: k.inputs[0] for k in bp.kernels if k.kind == "view"}
+    for i in concats:  # every piece lies at its position in the concat's buffer
+        out, ins = bp.kernels[i].outputs[0], bp.kernels[i].inputs
+        pieces = [viewed[v] for v in ins]  # the concat reads expand_dims views of them
+        assert all(mem.in_stack[p] == out for p in pieces)
+        step = _piece_bytes(bp, pieces[0])
+        assert [mem.offsets[p] - mem.offsets[out] for p in pieces] == \
+            [j * step for j in range(len(pieces))]
+    text = str(fn.plan)
+    assert text.count("concat (in place)") == 2 and "2 concat(s) stacked in place" in text
+    assert mem.lower_bound <= mem.arena_bytes < mem.naive_bytes
+    _unstacked(monkeypatch)
+    ref_fn, want = _lstm_grads()
+    assert not ref_fn.plan.memory.stacked
+    assert mem.arena_bytes < ref_fn.plan.memory.arena_bytes  # the stack's copy is gone
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def _piece_bytes(bp, slot):
+    return int(np.prod(bp.shapes[slot])) * bp.plan.nodes[slot].dtype.itemsize
+
+
+@pytest.mark.parametrize("planner", ["_stacked_pieces", "_sliced_pieces"])
+def test_backprop_through_time_in_place_matches_finite_differences(rng, monkeypatch,
+                                                                    planner):
+    """Concats stacked in place and scatters sliced in place: float64 gradients agree
+    with finite differences, and the plan did place pieces."""
+    from graphc.schedule import memory_plan
+    made = []
+    real = getattr(memory_plan, planner)
+
+    def spy(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+    monkeypatch.setattr(memory_plan, planner, spy)
+    layer = gc.nn.LSTM(2, 8)
+    x = gc.placeholder("x", (4, 2, 2))
+    loss = gc.sum(gc.square(layer(x)[-1]))
+    check_grads(loss, [x] + layer.parameters(), {x: rng.normal(size=(4, 2, 2))},
+                rtol=1e-5, atol=1e-7)
+    assert any(placed for placed, _ in made)
+
+
+def test_sgd_training_with_stacked_concats_follows_the_unstacked_trajectory(monkeypatch):
+    def train():
+        rng = np.random.default_rng(3)
+        with gc.Graph("train"):
+            gc.nn.seed(3)
+            lstm, dense = gc.nn.LSTM(4, 16), gc.nn.Dense(16, 3)
+            x = gc.placeholder("x", (5, None, 4))
+            y = gc.placeholder("y", (None,), dtype="int32")
+            _, (h, _) = lstm.run(x)
+            step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
+                              optimizer=gc.optim.SGD(lr=0.5))
+            xb = rng.normal(size=(5, 4, 4)).astype(np.float32)
+            yb = rng.integers(0, 3, size=4).astype(np.int32)
+            losses = [float(step(x=xb, y=yb)) for _ in range(4)]
+            return losses, [p.value for p in lstm.parameters() + dense.parameters()], step
+    losses, params, step = train()
+    assert len(step.plan.memory.stacked) == 2
+    _unstacked(monkeypatch)
+    ref_losses, ref_params, _ = train()
+    np.testing.assert_array_equal(losses, ref_losses)
+    for a, b in zip(params, ref_params):
+        np.testing.assert_array_equal(a, b)
+    assert losses[-1] < losses[0]
+
+
+def _pieces_graph(case, xv, wv):
+    """Three tanh pieces stacked by a concat; `case` adds a reader that keeps a piece from
+    being stacked (or none). Returns the compiled function's results and its plan."""
+    with gc.Graph(case):
+        x = gc.placeholder("x", (None, xv.shape[1]))
+        w = gc.constant(wv)
+        ps = [gc.tanh(x * float(i + 1)) for i in range(3)]
+        c = gc.concat([gc.expand_dims(p, 0) for p in ps], axis=0)
+        outs = [gc.sum(c * c, axis=0)]
+        if case == "donor":  # p0 * m, written over p0 in place, after the concat
+            outs = [(ps[0] * (gc.sum(c, axis=(0, 1)) @ w)) @ w]
+        elif case == "output":
+            outs.append(ps[1])
+        fn = gc.compile(outs)
+        return fn(x=xv), fn.plan
+
+
+def test_pieces_written_over_in_place_or_returned_are_not_stacked(rng):
+    xv = rng.normal(size=(4, 16)).astype(np.float32)
+    wv = rng.normal(size=(16, 16)).astype(np.float32)
+    p = [np.tanh(xv.astype(np.float64) * (i + 1)) for i in range(3)]
+    stack = np.stack(p)
+    got, bp = _pieces_graph("plain", xv, wv)
+    assert len(bp.memory.stacked) == 1 and "concat (in place)" in str(bp)
+    np.testing.assert_allclose(got[0], (stack * stack).sum(0), rtol=1e-5)
+
+    got, bp = _pieces_graph("donor", xv, wv)
+    piece = bp.kernels[_concat_kernels(bp)[0]].inputs[0]
+    assert not bp.memory.stacked and not bp.memory.in_stack
+    assert bp.plan.nodes[piece].op.name == "expand_dims"
+    assert len(bp.memory.inplace) == 1  # the later kernel still writes over its piece
+    np.testing.assert_allclose(got[0], (p[0] * (stack.sum((0, 1)) @ wv)) @ wv,
+                               rtol=1e-4, atol=1e-4)
+
+    got, bp = _pieces_graph("output", xv, wv)
+    assert not bp.memory.stacked and "concat (in place)" not in str(bp)
+    np.testing.assert_allclose(got[0], (stack * stack).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(got[1], p[1], rtol=1e-5)
+
+    odd = rng.normal(size=(3, 5)).astype(np.float32)  # 60-byte pieces: offsets unaligned
+    got, bp = _pieces_graph("plain", odd, wv)
+    assert not bp.memory.stacked
+    q = np.stack([np.tanh(odd.astype(np.float64) * (i + 1)) for i in range(3)])
+    np.testing.assert_allclose(got[0], (q * q).sum(0), rtol=1e-5)
+
+
+# --- scatters sliced in place (memory_plan._sliced_pieces) ---------------------------------
+def _unsliced(monkeypatch):
+    """Plans made from here on slice no scatter (the reference they must equal)."""
+    from graphc.schedule import memory_plan
+    monkeypatch.setattr(memory_plan, "_sliced_pieces", lambda *a, **k: ({}, {}))
+
+
+def _scatters(bp):
+    return [i for i, k in enumerate(bp.kernels) if k.kind == "op" and k.ops == ["scatter_slices"]]
+
+
+def _step_source(fn):
+    run = next(iter(fn._compiled.values()))[1]
+    return run.source, run.__globals__
+
+
+def _check_sliced(fn):
+    """Every sliced scatter runs no kernel; each of its pieces is a view of its output."""
+    bp, mem = fn.plan, fn.plan.memory
+    source, ns = _step_source(fn)
+    sliced = [i for i in _scatters(bp) if bp.kernels[i].outputs[0] in mem.sliced]
+    assert sliced and not any(f"K{i}(" in source for i in sliced)
+    for p, (out, index) in mem.placed.items():
+        assert out in mem.sliced and p not in mem.offsets and p not in mem.inplace
+        assert p not in mem.inplace.values()
+    text = str(bp)
+    assert text.count("scatter_slices (in place)") == len(sliced)
+    assert f"{len(sliced)} scatter(s) sliced in place" in text
+    return sliced, ns
+
+
+def test_lstm_gate_gradient_scatters_are_sliced_in_place(monkeypatch):
+    # (64, 256) gate pieces: Numba kernels, writing rows of the gate gradient (windows)
+    fn, got = _lstm_grads(T=4, B=64, I=8, H=256)
+    bp, mem = fn.plan, fn.plan.memory
+    sliced, ns = _check_sliced(fn)
+    # every step but the first (no forget-gate gradient there: three slices, a gap)
+    assert len(sliced) == 3
+    assert any(out in mem.in_stack for out in mem.sliced)  # nested: inside the concat's stack
+    windowed = [f for f in ns.values() if "ro1 = o1[" in getattr(f, "source", "")]
+    assert windowed  # Numba kernels writing contiguous rows of the gate gradient
+    _unsliced(monkeypatch)
+    ref_fn, want = _lstm_grads(T=4, B=64, I=8, H=256)
+    assert not ref_fn.plan.memory.sliced and not ref_fn.plan.memory.placed
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_lstm_scatters_are_sliced_in_place_bit_for_bit(monkeypatch):
+    fn, got = _lstm_grads()  # NumPy-printed pieces: ufuncs with out= strided views
+    sliced, _ = _check_sliced(fn)
+    assert len(sliced) == 5
+    _unsliced(monkeypatch)
+    _, want = _lstm_grads()
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def _scatter_graph(case, xv):
+    """Two pieces (cheap arithmetic on slices of x) scattered into an array shaped like x:
+    tiling it ("tile"), overlapping ("overlap"), leaving a gap ("gap"), or one piece read
+    by another kernel too ("reader"). Returns the results, the NumPy answers and the plan."""
+    from graphc.ops.shape_ops import _encode_index, scatter_slices
+    n = xv.shape[1] // 2 if case != "gap" else xv.shape[1] // 3
+    at = {"tile": (0, n), "reader": (0, n), "overlap": (0, n // 2), "gap": (0, 2 * n)}[case]
+    with gc.Graph(case):
+        x = gc.placeholder("x", (None, xv.shape[1]))
+        ps = [x[:, 0:n] * 3.0 + 1.0, x[:, n:2 * n] * x[:, n:2 * n] - 2.0]
+        idx = [_encode_index((slice(None), slice(a, a + n)), 2) for a in at]
+        s = scatter_slices(x, ps, idx)
+        outs = [s * 1.5]
+        if case == "reader":  # a matmul reads the piece (no recompute there)
+            outs.append(ps[0] @ gc.constant(np.ones((n, 3), np.float32)))
+        fn = gc.compile(outs)
+        got = fn(x=xv)
+    x64 = xv.astype(np.float64)
+    p = [x64[:, 0:n] * 3 + 1, x64[:, n:2 * n] ** 2 - 2]
+    want = np.zeros_like(x64)
+    for a, q in zip(at, p):
+        want[:, a:a + n] += q
+    wants = [want * 1.5] + ([p[0] @ np.ones((n, 3))] if case == "reader" else [])
+    return (got if isinstance(got, (list, tuple)) else [got]), wants, fn
+
+
+def test_scatters_that_do_not_tile_or_share_a_piece_are_not_sliced(rng):
+    for shape in ((4, 24), (64, 1536)):  # NumPy-printed pieces, then Numba ones
+        xv = rng.normal(size=shape).astype(np.float32)
+        for case in ("tile", "reader", "overlap", "gap"):
+            got, want, fn = _scatter_graph(case, xv)
+            mem = fn.plan.memory
+            source, ns = _step_source(fn)
+            scatter, = _scatters(fn.plan)
+            if case == "tile":
+                assert len(mem.sliced) == 1 and len(mem.placed) == 2
+                assert f"K{scatter}(" not in source and "(in place)" in str(fn.plan)
+                windowed = any("ro0 = o0[" in getattr(f, "source", "") for f in ns.values())
+                assert windowed == (shape[0] == 64)  # Numba: rows of the output
+            else:
+                assert not mem.sliced and not mem.placed and f"K{scatter}(" in source
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
+
+
+def test_backends_without_strided_outputs_slice_no_scatter():
+    from graphc.schedule import Capabilities, bind
+    fn, _ = _lstm_grads()
+    plan = fn.plan.plan
+    shapes = {ph: (6, 4, 3) for ph, _ in plan.feeds}
+    assert not bind(plan, shapes, Capabilities()).memory.sliced
+    assert bind(plan, shapes, Capabilities(strided_outputs=True)).memory.sliced
+
+
+def test_sliced_pieces_at_a_fixed_index_write_rows_of_their_output(rng):
+    from graphc.ops.shape_ops import _encode_index, scatter_slices
+    xv = rng.normal(size=(64, 2, 512)).astype(np.float32)
+    with gc.Graph("rows"):
+        x = gc.placeholder("x", (None, 2, 512))
+        ps = [x[:, 0, :] * 3.0 + 1.0, x[:, 1, :] * x[:, 1, :] - 2.0]
+        idx = [_encode_index((slice(None), j), 3) for j in (1, 0)]  # swapped
+        fn = gc.compile(scatter_slices(x, ps, idx) * 1.5)
+        got = fn(x=xv)
+    assert len(fn.plan.memory.sliced) == 1 and len(fn.plan.memory.placed) == 2
+    _, ns = _step_source(fn)
+    assert any("ro0 = o0[j0 + w0_0, w0_1, w0_2:" in getattr(f, "source", "")
+               for f in ns.values())
+    x64 = xv.astype(np.float64)
+    want = np.stack([x64[:, 1] ** 2 - 2, x64[:, 0] * 3 + 1], axis=1) * 1.5
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -20,6 +20,10 @@ def _plus(a, b):
 
 class _Recurrent(Module):
     gates = 1
+    # b_hh is added with b_ih to every step's input projection at once (one add over all
+    # steps, and one bias-gradient sum instead of one per step); GRU keeps it per step,
+    # since its n gate multiplies h W_hn + b_hn by r
+    hoist_bias_hh = True
 
     def __init__(self, input_size: int, hidden_size: int, batch_first: bool = False,
                  bias: bool = True, dtype="float32", name: str | None = None):
@@ -45,16 +49,22 @@ class _Recurrent(Module):
                              f"is unrolled over it), got shape {x.shape}")
         proj = ops.reshape(x, (-1, self.input_size)) @ self.weight_ih.T
         if self.bias_ih is not None:
-            proj = proj + self.bias_ih
+            proj = proj + (self.bias_ih + self.bias_hh if self._hoisted else self.bias_ih)
         proj = ops.reshape(proj, (steps, -1, self.gates * self.hidden_size))
         return [proj[t] for t in range(steps)]
 
+    @property
+    def _hoisted(self) -> bool:
+        return self.hoist_bias_hh and self.bias_ih is not None and self.bias_hh is not None
+
     def _hidden(self, h):
-        """h W_hh^T + b_hh; for the zero initial state (h None) just b_hh, or None."""
+        """h W_hh^T + b_hh (b_hh left out where it is hoisted into the input projection);
+        for the zero initial state (h None) just b_hh, or None."""
+        bias = None if self._hoisted else self.bias_hh
         if h is None:
-            return self.bias_hh
+            return bias
         hw = h @ self.weight_hh.T
-        return hw + self.bias_hh if self.bias_hh is not None else hw
+        return hw + bias if bias is not None else hw
 
     def _gate(self, t, k):
         """Gate k's columns of t (None stays None)."""
@@ -115,6 +125,7 @@ class GRU(_Recurrent):
 
     kind = "gru"
     gates = 3
+    hoist_bias_hh = False
 
     def run(self, x, h=None):
         """(outputs, h_last); h: the initial state (N, H), zeros by default."""

@@ -2,6 +2,8 @@
 shape-matching ops gradients use (sum_to_like, broadcast_like, reshape_like, zeros_like)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .. import dtypes as _dt
@@ -338,6 +340,29 @@ def _scatter_slices_rules(n):
 # buffer, instead of one zero-filled full-size buffer per slice summed up.
 register("scatter_slices", lambda shapes, dts, indices: (shapes[0], _dt.promote(*dts[1:])),
          _scatter_slices, _scatter_slices_rules, variadic=True, shape_only=(0,))
+
+
+@functools.lru_cache(maxsize=256)
+def slices_tile(shape: tuple, indices: tuple) -> bool:
+    """Whether the basic indices (encoded as getitem's) cover every element of an array of
+    `shape` exactly once (checked once per shape and indices, on a byte mask): then a
+    scatter_slices is each gradient copied into place, no zeros and no sums."""
+    cover = np.zeros(shape, np.uint8)
+    for code in indices:
+        cover[_decode_index(code)] += 1
+    return bool((cover == 1).all())
+
+
+def index_str(code) -> str:
+    """A basic index (encoded as getitem's) as Python writes it: `:, 0:512`."""
+    def one(c):
+        if c[0] == "i":
+            return str(c[1])
+        if c[0] == "n":
+            return "None"
+        text = ":".join("" if v is None else str(v) for v in c[1:3])
+        return text + (f":{c[3]}" if c[3] is not None else "")
+    return ", ".join(one(c) for c in code)
 
 
 def scatter_slices(like: Tensor, grads: list, indices: list) -> Tensor:

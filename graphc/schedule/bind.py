@@ -44,7 +44,8 @@ def bind(plan: Plan, feed_shapes: dict, caps: Capabilities = CPU_DEFAULT,
         kernels = schedule_collectives(kernels, plan)
     if fuse and caps.gemm_update:
         kernels = fuse_gemm_updates(kernels, plan, shapes)
-    memory = plan_memory(kernels, plan, shapes, align=caps.alignment)
+    memory = plan_memory(kernels, plan, shapes, align=caps.alignment,
+                         strided_outputs=caps.strided_outputs)
     return BoundPlan(plan, shapes, kernels, memory, aliased, folded)
 
 

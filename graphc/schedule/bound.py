@@ -26,9 +26,12 @@ class BoundPlan:
         from .expr import build_expr
         mem = self.memory
         n_fused = sum(1 for k in self.kernels if k.kind in ("fused", "gemm"))
-        n_ops = sum(1 for k in self.kernels if k.kind == "op")
+        n_stacked, n_sliced = len(mem.stacked), len(mem.sliced)
+        n_ops = sum(1 for k in self.kernels if k.kind == "op") - n_stacked - n_sliced
+        stacked = f", {n_stacked} concat(s) stacked in place" if n_stacked else ""
+        stacked += f", {n_sliced} scatter(s) sliced in place" if n_sliced else ""
         lines = [f"Bound plan: {n_fused + n_ops} kernels ({n_fused} fused, {n_ops} other), "
-                 f"{sum(1 for k in self.kernels if k.kind == 'view')} views; "
+                 f"{sum(1 for k in self.kernels if k.kind == 'view')} views{stacked}; "
                  f"{len(self.plan.steps)} graph steps"]
         for ph, slot in self.plan.feeds:
             lines.append(f"  %{slot:<4} feed      {ph.name:<20} {_shape_str(self, slot)}")
@@ -52,6 +55,8 @@ class BoundPlan:
                 src = f"  @ {node.source}" if node.source else ""
                 name = {"view": f"view {node.op.name}",
                         "gemm": f"gemm[{' -> '.join(k.ops)}]"}.get(k.kind, node.op.name)
+                if k.outputs[0] in mem.stacked or k.outputs[0] in mem.sliced:  # no kernel
+                    name += " (in place)"
                 lines.append(f"  {outs:<12} = {name}({ins})  {_shape_str(self, k.outputs[0])}"
                              f"{where}{src}")
         lines.append(f"  outputs: {', '.join(f'%{s}' for s in self.plan.outputs) or '-'}")
@@ -116,6 +121,15 @@ class BoundPlan:
                 shared[j] = position[src]
         return shared
 
+    def _slice_of(self, piece) -> str:
+        """The index (as Python writes it) of a sliced-in-place piece in its scatter."""
+        from ..ops.shape_ops import index_str
+        from .kernel import data_inputs
+        out, _ = self.memory.placed[piece]
+        k = next(k for k in self.kernels if k.kind == "op" and out in k.outputs)
+        grads = data_inputs(k.steps[0])
+        return index_str(k.steps[0].node.attrs["indices"][grads.index(piece)])
+
     def _collective(self, k) -> str:
         from ..memory import format_bytes
         b = k.bucket
@@ -140,6 +154,12 @@ class BoundPlan:
                 spots.append(f"%{s} in bucket {mem.in_bucket[s]}")
             elif s in mem.inplace:
                 spots.append(f"%{s} in place of %{mem.inplace[s]}")
+            elif s in mem.placed:  # a strided view of its scatter's output
+                out, _ = mem.placed[s]
+                spots.append(f"%{s} in %{out}[{self._slice_of(s)}]")
+            elif s in mem.in_stack:
+                stack = mem.in_stack[s]
+                spots.append(f"%{s} in %{stack} at +{mem.offsets[s] - mem.offsets[stack]}")
             elif s in mem.offsets:
                 spots.append(f"%{s} @{mem.offsets[s]}")
         return f"  [{'; '.join(spots)}]" if spots and k.kind != "view" else ""

@@ -19,6 +19,9 @@ class Capabilities:
     costs: dict = field(default_factory=dict)  # op name -> per-element cost overriding OpDef.cost
     alignment: int = 64  # bytes: every arena offset is a multiple
     fold_limit: int = 1 << 16  # elements: larger constant results are computed at run time
+    # fused kernels write through output arrays of any strides (a piece of a scatter_slices
+    # can then be a view of its output: schedule.memory_plan._sliced_pieces)
+    strided_outputs: bool = False
 
     def op_cost(self, op) -> int:
         """Per-element cost of recomputing `op` (an OpDef) on this backend."""

@@ -29,6 +29,9 @@ class Kernel:
     epilogue: list = field(default_factory=list)  # slots
     epilogue_shape: tuple | None = None
     bucket: object = None  # the plan's Bucket, for allreduce_start and allreduce_wait
+    # a "gemm" kernel over inputs (A, B, lr, W) computing W += -lr * B^T @ A^T, i.e. the
+    # update reads (A @ B) transposed (schedule.gemm_update)
+    transpose_operands: bool = False
 
     def late(self) -> set:
         """Slots that exist only after the main loop: reductions and the epilogue."""

@@ -4,7 +4,14 @@ reuse.
 Every value a kernel writes gets a byte range in one arena, allocated once per bound shape.
 A range is reused once the last reader of its value has run; an elementwise kernel may write
 its output over an input that dies there; a parameter update that reads the parameter last
-writes straight into the parameter. Offsets are multiples of the backend's alignment."""
+writes straight into the parameter. The pieces of a concat along a leading axis (each one
+contiguous block of its output: backprop through time's per-step gradients) are placed at
+their positions in the concat's buffer, so their producers write them there and the concat
+runs no kernel ("stacked in place"). On a backend whose kernels write through outputs of
+any strides (Capabilities.strided_outputs), the pieces of a scatter_slices whose slices tile
+its output exactly once are strided views of the output, written there by their producers,
+and the scatter runs no kernel either ("sliced in place"). Offsets are multiples of the
+backend's alignment."""
 from __future__ import annotations
 
 import bisect
@@ -12,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .kernel import view_bases
+from .kernel import data_inputs, view_bases
 
 DEFAULT_ALIGN = 64  # bytes: a cache line, and the widest SIMD load on the CPU
 
@@ -30,6 +37,15 @@ class MemoryPlan:
     # and the gradients computed straight into a bucket -> its index
     buckets: dict = field(default_factory=dict)
     in_bucket: dict = field(default_factory=dict)
+    # concat outputs whose pieces the plan placed at their positions in its buffer: the
+    # executors run no kernel for them (see _stacked_pieces)
+    stacked: set = field(default_factory=set)
+    in_stack: dict = field(default_factory=dict)  # piece slot -> the concat output holding it
+    # scatter_slices outputs whose pieces are views of their buffer (no offset: strided),
+    # written there by their producers: the executor runs no kernel for them
+    # (see _sliced_pieces)
+    sliced: set = field(default_factory=set)
+    placed: dict = field(default_factory=dict)  # piece slot -> (scatter output, index tuple)
 
 
 def nbytes(shape, dtype) -> int:
@@ -79,9 +95,10 @@ class _Arena:
 
 
 def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
-                align: int = DEFAULT_ALIGN) -> MemoryPlan:
+                align: int = DEFAULT_ALIGN, strided_outputs: bool = False) -> MemoryPlan:
     """Offsets for every materialized kernel output (multiples of `align` bytes); see the
-    module docstring."""
+    module docstring. `strided_outputs`: whether the backend's fused kernels write through
+    outputs of any strides (then scatter_slices pieces may be views: _sliced_pieces)."""
     dtypes = [n.dtype for n in plan.nodes]
     size = [nbytes(shapes[s], dtypes[s]) for s in range(len(plan.nodes))]
     leaves = {s for _, s in plan.feeds} | {s for _, s in plan.params} | {s for _, s in plan.consts}
@@ -116,6 +133,44 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
 
     resident, alloc_at = _bucket_residents(kernels, plan, base, leaves | external |
                                            set(param_writes))
+
+    def may_donate(k, s, out) -> bool:
+        """Whether fused kernel k may write `out` over its input s, were s to die there."""
+        return (out not in k.epilogue and base[s] == s and size[s] == size[out]
+                and not any(base[v] == s and v != s for v in k.inputs)
+                # the epilogue runs after the main loop has written `out`
+                and not any(s in st.inputs for st in k.steps if st.slot in k.epilogue)
+                and dtypes[s] == dtypes[out] and tuple(shapes[s]) == k.shape
+                and tuple(shapes[out]) == k.shape)
+
+    placed = leaves | external | set(param_writes) | set(resident)  # not in the arena's lot
+
+    def donor_later(s, after) -> bool:
+        """Whether a fused kernel after `after` could write over s in place (its last
+        reader, were nothing to keep s alive longer)."""
+        j = last.get(s, -1)
+        if j <= after or j >= end:
+            return False
+        k = kernels[j]
+        return k.kind == "fused" and (inplace_ok is None or inplace_ok(k)) and \
+            s in k.inputs and any(may_donate(k, s, o) for o in k.outputs if o not in placed)
+
+    sliced_pieces, sliced_at = ({}, {}) if not strided_outputs else \
+        _sliced_pieces(kernels, plan, shapes, base, dtypes, placed)
+    for out, first in sliced_at.items():  # it lives from its first piece's producer on
+        scatter = next(i for i, k in enumerate(kernels) if out in k.outputs)
+        last[out] = max(last.get(out, scatter), scatter)
+    pieces, stack_at = _stacked_pieces(kernels, plan, shapes, base, size, dtypes, align,
+                                       placed | set(sliced_pieces), donor_later)
+    stacked: dict[int, int] = {}  # concat output -> the kernel index where it is allocated
+    for out, first in stack_at.items():
+        # a piece that is itself a sliced scatter's output: its pieces come earlier
+        first = min([first] + [sliced_at[p] for p, (o, _) in pieces.items()
+                               if o == out and p in sliced_at])
+        stacked[out] = first
+        # the stack lives until the last reader of the concat's result and of every piece
+        last[out] = max([last.get(out, first)] + [last.get(p, first) for p, (o, _) in
+                                                  pieces.items() if o == out])
     arena = _Arena(align)
     offsets: dict[int, int] = {}
     inplace: dict[int, int] = {}
@@ -135,10 +190,26 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
             if end_at < i:
                 arena.release(buckets[j], nb)
                 del bucket_end[j]
+        for s in [s for s, first in stacked.items() if first == i]:
+            offsets[s] = arena.alloc(size[s])  # the whole stack, at its first piece's producer
+            born[s] = i
+            alive.add(s)
+        for s in [s for s, first in sliced_at.items() if first == i and s not in pieces]:
+            offsets[s] = arena.alloc(size[s])  # a sliced scatter's output, at its first
+            born[s] = i                        # piece's producer (a stacked one: its stack)
+            alive.add(s)
         if k.kind in ("view", "alias", "const", "allreduce_start", "allreduce_wait"):
             continue
         for out in k.outputs:
-            if out in param_writes or out in leaves or out in external:
+            if out in param_writes or out in leaves or out in external or out in stacked:
+                continue
+            if out in sliced_pieces:  # a view of its scatter's output: no bytes of its own
+                continue
+            if out in pieces:  # written straight into its place in the stacked concat
+                s, off = pieces[out]
+                offsets[out] = offsets[s] + off
+                continue
+            if out in sliced_at:  # allocated at its first piece's producer already
                 continue
             if out in resident:  # a gradient computed straight into its bucket
                 b, off = resident[out]
@@ -147,14 +218,9 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
             born[out] = i
             donor = None
             if k.kind == "fused" and (inplace_ok is None or inplace_ok(k)):
-                donor = None if out in k.epilogue else next((s for s in k.inputs if s in alive and base[s] == s
-                              and last.get(s) == i and size[s] == size[out]
-                              and not any(base[v] == s and v != s for v in k.inputs)
-                              # the epilogue runs after the main loop has written `out`
-                              and not any(s in st.inputs for st in k.steps
-                                          if st.slot in k.epilogue)
-                              and dtypes[s] == dtypes[out] and tuple(shapes[s]) == k.shape
-                              and tuple(shapes[out]) == k.shape), None)
+                donor = next((s for s in k.inputs if s in alive and last.get(s) == i
+                              and s not in stacked  # the pieces' bytes lie in it
+                              and may_donate(k, s, out)), None)
             if donor is not None:
                 offsets[out] = offsets[donor]
                 inplace[out] = donor
@@ -168,7 +234,129 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
     lower = _liveness_bound(born, last, size, len(kernels), inplace)
     naive = sum(size[st.slot] for st in plan.steps)
     return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external,
-                      buckets, {g: b.index for g, (b, _) in resident.items()})
+                      buckets, {g: b.index for g, (b, _) in resident.items()}, set(stacked),
+                      {p: o for p, (o, _) in pieces.items()}, set(sliced_at), sliced_pieces)
+
+
+def _producers(kernels) -> tuple[dict, set]:
+    """({slot: index of the (last) kernel writing it}, slots written by more than one)."""
+    made: dict[int, int] = {}
+    twice: set = set()
+    for i, k in enumerate(kernels):
+        for s in k.outputs:
+            if s in made:
+                twice.add(s)
+            made[s] = i
+    return made, twice
+
+
+def _sliced_pieces(kernels, plan, shapes, base, dtypes, excluded: set) -> tuple[dict, dict]:
+    """Scatters sliced in place: a scatter_slices whose slices tile its output exactly once
+    (ops.shape_ops.slices_tile), whose output is a plain buffer of the arena (not an
+    output, an update or `excluded`), each of whose gradients is a main output of a fused
+    kernel (its iteration shape: not a reduction or the epilogue's), read by this scatter
+    alone and once, not an output, an update or `excluded`, of the output's dtype and its
+    slice's shape. Such a piece is a strided view of the output, which its producer writes
+    through (the backend's kernels take outputs of any strides); no piece is then in place
+    of any input, nor any input's donor (its only reader is the scatter). Returns ({piece
+    slot: (scatter output, index tuple)}, {scatter output: kernel index of its first
+    piece's producer, where the output is allocated})."""
+    from ..ops.shape_ops import _decode_index, slices_tile
+    made, twice = _producers(kernels)
+    readers: dict[int, list] = {}
+    for i, k in enumerate(kernels):
+        for s in k.inputs:
+            readers.setdefault(base[s], []).append(i)
+    roots = set(plan.outputs) | {s for _, s in plan.updates}
+    roots |= {base[s] for s in roots}
+    placed: dict[int, tuple] = {}
+    first_at: dict[int, int] = {}
+    for i, k in enumerate(kernels):
+        if k.kind != "op" or len(k.steps) != 1 or k.steps[0].op.name != "scatter_slices":
+            continue
+        out = k.outputs[0]
+        shape = tuple(shapes[out])
+        indices = tuple(k.steps[0].node.attrs["indices"])
+        grads = data_inputs(k.steps[0])
+        if out in excluded or out in roots or base[out] != out or out in twice or \
+                len(grads) != len(indices) or not slices_tile(shape, indices):
+            continue
+        like = np.broadcast_to(np.empty((), np.uint8), shape)  # no data: slice shapes only
+        mine = {}
+        for g, code in zip(grads, indices):
+            where = _decode_index(code) + (Ellipsis,)
+            pk = kernels[made[g]] if g in made else None
+            if not (pk is not None and pk.kind == "fused" and base[g] == g and made[g] < i
+                    and g not in twice and g not in excluded and g not in roots
+                    and g not in pk.late() and tuple(shapes[g]) == tuple(pk.shape)
+                    and readers.get(g) == [i] and grads.count(g) == 1
+                    and dtypes[g] == dtypes[out]
+                    and tuple(shapes[g]) == like[where].shape):
+                break
+            mine[g] = (out, where)
+        else:
+            placed.update(mine)
+            first_at[out] = min(made[g] for g in mine)
+    return placed, first_at
+
+
+# views that keep a buffer's bytes contiguous and in order (a new shape over the same bytes)
+_RESHAPING = ("reshape", "reshape_like", "expand_dims")
+
+
+def _stacked_pieces(kernels, plan, shapes, base, size, dtypes, align, excluded: set,
+                    donor_later) -> tuple[dict, dict]:
+    """Concats stacked in place: a concat along an axis whose preceding dimensions are all 1
+    (every input one contiguous block of the output), each of whose inputs is a reshaping
+    view of (or is) a plain buffer computed by a fused or op kernel -- not an output, an
+    update, a leaf, a bucket's resident or `excluded`, in no other concat and not read
+    twice by this one, not one a later fused kernel could write over in place
+    (`donor_later`) -- at an offset inside the output that is a multiple of `align`.
+    Returns ({piece slot: (concat output, byte offset in it)}, {concat output: kernel index
+    of its first piece's producer, where the stack is allocated})."""
+    made, twice = _producers(kernels)
+    view_of = {k.outputs[0]: k for k in kernels if k.kind in ("view", "alias")}
+    roots = set(plan.outputs) | {s for _, s in plan.updates}
+    roots |= {base[s] for s in roots}
+    candidates = []
+    seen: dict[int, int] = {}  # piece -> how many concat inputs it is
+    for i, k in enumerate(kernels):
+        if k.kind != "op" or len(k.steps) != 1 or k.steps[0].op.name != "concat":
+            continue
+        out = k.outputs[0]
+        shape = tuple(shapes[out])
+        axis = k.steps[0].node.attrs["axis"] % max(len(shape), 1)
+        if out in excluded or out in roots or base[out] != out or out in twice or \
+                any(d != 1 for d in shape[:axis]):
+            continue
+        ins = data_inputs(k.steps[0])
+        for s in ins:
+            seen[base[s]] = seen.get(base[s], 0) + 1
+        candidates.append((i, out, ins))
+    pieces: dict[int, tuple] = {}
+    stack_at: dict[int, int] = {}
+    for i, out, ins in candidates:
+        mine, off = {}, 0
+        for s in ins:
+            p = base[s]
+            ok = (p in made and kernels[made[p]].kind in ("fused", "op") and made[p] < i
+                  and p not in twice and p not in excluded and p not in roots
+                  and seen.get(p) == 1 and dtypes[p] == dtypes[out] and size[s] == size[p]
+                  and off % align == 0 and not donor_later(p, i))
+            v = s
+            while ok and v != p:  # every view between the piece and the concat reshapes
+                vk = view_of[v]
+                ok = vk.kind == "alias" or vk.steps[0].op.name in _RESHAPING
+                v = vk.inputs[0]
+            if not ok:
+                break
+            mine[p] = (out, off)
+            off += size[p]
+        else:
+            if mine and off == size[out]:
+                pieces.update(mine)
+                stack_at[out] = min(made[p] for p in mine)
+    return pieces, stack_at
 
 
 def _bucket_residents(kernels, plan, base, excluded: set) -> tuple[dict, dict]:

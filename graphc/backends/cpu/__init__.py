@@ -23,8 +23,9 @@ class CPUBackend(Backend):
     @property
     def caps(self) -> Capabilities:
         # gemm_update is read at every bind: whether a callable BLAS exists is found lazily
+        # strided_outputs: Numba kernels store o[j0, j1], NumPy-printed ones use out=
         return Capabilities(pairs=tuple(PAIRS), gemm_update=blas.available(),
-                            max_recompute_cost=self.max_recompute_cost)
+                            max_recompute_cost=self.max_recompute_cost, strided_outputs=True)
 
     def supports(self, op) -> bool:
         # every op runs its NumPy reference unless a dedicated out= kernel exists

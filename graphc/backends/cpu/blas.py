@@ -7,8 +7,10 @@ shares NumPy's thread pool; where none is found (or it fails a check against np.
 first use) `gemm(dtype)` is None and the plan keeps the matmul and the update apart."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
+import threading
 
 import numpy as np
 
@@ -112,3 +114,54 @@ def gemm(dtype) -> _Gemm | None:
 
 def available() -> bool:
     return gemm(np.float32) is not None and gemm(np.float64) is not None
+
+
+# A product below this many FLOPs runs on one BLAS thread: it takes ~0.1-0.3 ms on one core,
+# while handing half of it to a BLAS thread that has gone to sleep (during graphc's own
+# kernels) costs a wake-up, and on a busy machine a wait for the OS to schedule it: LeNet's
+# dense-layer products took 1-10 ms each on 2 threads, 0.1-0.3 ms on one. The LSTM's
+# per-step products (134 MFLOP) keep both threads.
+SERIAL_GEMM_FLOPS = 32e6
+_serial_lock = threading.Lock()
+_serial = {"depth": 0, "saved": 1}
+
+
+@functools.lru_cache(maxsize=None)
+def _thread_api():
+    """(set, get) of OpenBLAS's thread count, or None (MKL, or no BLAS found)."""
+    found = _find_library()
+    if found is None or found[1].get("internal_api") != "openblas":
+        return None
+    lib = found[0]
+    for name in ("openblas_{}_num_threads", "scipy_openblas_{}_num_threads64_",
+                 "scipy_openblas_{}_num_threads", "openblas_{}_num_threads64_"):
+        set_fn = getattr(lib, name.format("set"), None)
+        get_fn = getattr(lib, name.format("get"), None)
+        if set_fn is not None and get_fn is not None:
+            set_fn.argtypes, set_fn.restype, get_fn.restype = [ctypes.c_int], None, ctypes.c_int
+            return set_fn, get_fn
+    return None
+
+
+@contextlib.contextmanager
+def serial_if_small(flops: float):
+    """Run the BLAS calls inside on one thread when the product is small (see
+    SERIAL_GEMM_FLOPS); nested and concurrent uses restore the count once, at the last exit."""
+    api = _thread_api() if flops < SERIAL_GEMM_FLOPS else None
+    if api is None:
+        yield
+        return
+    set_fn, get_fn = api
+    with _serial_lock:
+        if _serial["depth"] == 0:
+            _serial["saved"] = get_fn()
+            if _serial["saved"] > 1:
+                set_fn(1)
+        _serial["depth"] += 1
+    try:
+        yield
+    finally:
+        with _serial_lock:
+            _serial["depth"] -= 1
+            if _serial["depth"] == 0 and _serial["saved"] > 1:
+                set_fn(_serial["saved"])

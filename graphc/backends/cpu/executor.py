@@ -85,6 +85,8 @@ class _Builder:
             self.fixed[s] = arena[off:off + n].view(dtypes[s]).reshape(bp.shapes[s])
         for s, p in mem.param_writes.items():
             self.fixed[s] = p.storage.array
+        for s, (out, index) in mem.placed.items():  # written through a strided view of
+            self.fixed[s] = self.fixed[out][index]  # its scatter's output (sliced in place)
         args = ", ".join(f"v{s}" for s in self.feed_slots)
         self.lines.append(f"def run({args}):")
         # the plan's own kernels decide about NaN and Inf (check_numerics), not NumPy warnings
@@ -94,6 +96,8 @@ class _Builder:
             self.lines.append(f"    v{s} = OUT{s}()")
         self.inflight: set[int] = set()  # buckets started and not yet waited for
         for i, k in enumerate(bp.kernels):
+            if k.outputs and (k.outputs[0] in mem.stacked or k.outputs[0] in mem.sliced):
+                continue  # its pieces were written in place
             computing = k.kind in ("fused", "op", "gemm")
             watched = self.watch is not None and computing
             if watched:
@@ -169,12 +173,24 @@ class _Builder:
         mem = self.bp.memory
         aliased = {j for j, (s, _) in enumerate(expr.outputs)
                    if s in mem.inplace or s in mem.param_writes}
+        outs = [s for s, _ in expr.outputs]
         if numba_printer.suits(expr):  # loads before stores per element: in-place is safe
-            self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self.bp.written_over(expr))
-        else:
+            # pieces sliced in place: written through contiguous rows of their parent
+            windows = {}
+            for j, s in enumerate(outs):
+                if s in mem.placed:
+                    parent, index = mem.placed[s]
+                    w = numba_printer.window(self.fixed[s], self.fixed[parent], index,
+                                             expr.shape)
+                    if w is not None:
+                        windows[j] = w
+                        outs[j] = parent
+            extra = {"windows": windows} if windows else {}
+            self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self.bp.written_over(expr),
+                                                           **extra)
+        else:  # ufuncs with out= take strided views as they are
             self.ns[f"F{i}"] = numpy_printer.compile_numpy(expr, aliased)
-        slots = [s for s, _ in expr.inputs] + [s for s, _ in expr.outputs] + \
-            [r[0] for r in expr.reductions]
+        slots = [s for s, _ in expr.inputs] + outs + [r[0] for r in expr.reductions]
         self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
         epi = expr.epilogue
         if epi is not None:  # elementwise work on the reductions' results, right after
@@ -186,6 +202,8 @@ class _Builder:
     def _gemm(self, i, k):
         """W = W - lr * (A @ B) as one GEMM with alpha = -lr, beta = 1 (see fuse_gemm_updates)."""
         a, b, lr, w = (self.ref(s) for s in k.inputs)
+        if k.transpose_operands:  # W - lr * (A @ B)^T = W - lr * B^T @ A^T
+            a, b = f"{b}.T", f"{a}.T"
         out = self.ref(k.outputs[0])
         self.ns[f"G{i}"] = _gemm_update(blas.gemm(self.bp.plan.nodes[k.outputs[0]].dtype))
         self.lines.append(f"    G{i}({a}, {b}, {lr}, {w}, {out})")
@@ -241,7 +259,8 @@ def _gemm_update(gemm):
     def kernel(a, b, lr, w, out):
         if out is not w:  # not granted the parameter's storage: start from a copy
             np.copyto(out, w)
-        gemm(a, b, out, -float(lr), 1.0)
+        with blas.serial_if_small(2.0 * out.size * a.shape[1]):
+            gemm(a, b, out, -float(lr), 1.0)
     return kernel
 
 

@@ -3,7 +3,6 @@ that are not elementwise (elementwise ops go through the fused-kernel code gener
 missing here runs its reference and copies the result into place."""
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -11,12 +10,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import blas
 from . import conv_kernels as _conv_kernels
 
 TILE_ROWS_ELEMENTS = 1 << 16
 
 
 def _matmul(a, b, out):
+    if out.size * a.shape[-1] * 2 < blas.SERIAL_GEMM_FLOPS:
+        with blas.serial_if_small(out.size * a.shape[-1] * 2):
+            np.matmul(a, b, out=out)
+        return
     np.matmul(a, b, out=out)
 
 
@@ -261,15 +265,11 @@ _sce_with_backward = _labels_checked(_sce_with_backward_kernel, 0)
 # Kernels that compute two graph steps at once: (first op, second op) -> f(*inputs, *outs).
 PAIRS = {("softmax_cross_entropy", "softmax_cross_entropy_backward"): _sce_with_backward}
 
-@functools.lru_cache(maxsize=256)
 def _tiles(shape: tuple, indices: tuple) -> bool:
-    """Whether the slices cover every element of an array of `shape` exactly once (checked
-    once per shape and slices, on a byte mask)."""
-    from ...ops.shape_ops import _decode_index
-    cover = np.zeros(shape, np.uint8)
-    for code in indices:
-        cover[_decode_index(code)] += 1
-    return bool((cover == 1).all())
+    """Whether the slices cover every element of an array of `shape` exactly once (see
+    ops.shape_ops.slices_tile, which the memory plan asks too)."""
+    from ...ops.shape_ops import slices_tile
+    return slices_tile(shape, indices)
 
 
 def _scatter_slices(*grads, out, indices):

@@ -108,7 +108,10 @@ class _Builder:
             self.groups = regroup(self.bp, self.align)
         grouped = {id(k) for g in self.groups for k in g}
         self._allocate()
+        stacked = self.bp.memory.stacked  # concats whose pieces were written in place
         for i, k in enumerate(self.bp.kernels):
+            if k.outputs and k.outputs[0] in stacked:
+                continue
             if id(k) not in grouped:  # group members: one launch per group, after the rest
                 getattr(self, f"_{k.kind}")(i, k)
         self._multi_tensor()
@@ -193,8 +196,11 @@ class _Builder:
         out = self.buf[k.outputs[0]]
         gemm = self.rt.gemm_update
         self.capture_keys.append(lr_value)
+        a_arr, b_arr = self.buf[a], self.buf[b]
+        if k.transpose_operands:  # W - lr * (A @ B)^T = W - lr * B^T @ A^T
+            a_arr, b_arr = b_arr.T, a_arr.T
         self._add(i, lambda a_, b_, w_, o_: gemm(a_, b_, lr_value(), w_, o_),
-                  self.buf[a], self.buf[b], self.buf[w], out)
+                  a_arr, b_arr, self.buf[w], out)
 
     def _multi_tensor(self) -> None:
         """One launch per group of updates of one rule (multi_tensor.py); a member whose
