@@ -518,7 +518,11 @@ def test_scatter_slices_kernel_equals_the_reference(shape, indices, rng):
 
 
 @needs_blas
-def test_small_products_run_on_one_blas_thread_and_the_count_is_restored():
+def test_steps_with_threaded_conv_kernels_run_their_products_on_one_blas_thread():
+    """A step with convolutions (kernels on graphc's threads) runs inside blas.one_thread;
+    an MLP step keeps the BLAS's threads; the count is restored, nesting and concurrent
+    uses included."""
+    import threading
     api = blas._thread_api()
     if api is None:
         pytest.skip("not OpenBLAS")
@@ -526,31 +530,36 @@ def test_small_products_run_on_one_blas_thread_and_the_count_is_restored():
     before = get_fn()
     set_fn(2)
     try:
-        import threading
         seen = []
-        with blas.serial_if_small(1e3):
+        with blas.one_thread():
             seen.append(get_fn())
-            with blas.serial_if_small(1e3):  # nested
+            with blas.one_thread():  # nested
                 seen.append(get_fn())
         assert seen == [1, 1] and get_fn() == 2
-        with blas.serial_if_small(1e12):  # a big product keeps every thread
-            assert get_fn() == 2
 
         def many():
             for _ in range(200):
-                with blas.serial_if_small(1e3):
+                with blas.one_thread():
                     pass
-        threads = [threading.Thread(target=many) for _ in range(4)]
-        for t in threads:
+        workers = [threading.Thread(target=many) for _ in range(4)]
+        for t in workers:
             t.start()
-        for t in threads:
+        for t in workers:
             t.join()
         assert get_fn() == 2
-        from graphc.backends.cpu.kernels import _matmul
-        a, b = np.ones((3, 4), np.float32), np.ones((4, 5), np.float32)
-        out = np.empty((3, 5), np.float32)
-        _matmul(a, b, out)
-        np.testing.assert_array_equal(out, a @ b)
+
+        def step(conv):
+            with gc.Graph():
+                x = gc.placeholder("x", (None, 1, 6, 6))
+                w = gc.parameter("w", shape=(2, 1, 3, 3), seed=0)
+                h = gc.conv2d(x, w) if conv else gc.reshape(x, (-1, 1, 6, 6))
+                v = gc.parameter("v", shape=(2 * 16 if conv else 36, 3), seed=1)
+                loss = gc.sum(gc.square(gc.reshape(h, (-1, v.shape[0])) @ v))
+                fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.01))
+                fn(x=np.ones((4, 1, 6, 6), np.float32))
+                return next(iter(fn._compiled.values()))[1].source
+        assert "ONE_BLAS_THREAD()" in step(conv=True)
+        assert "ONE_BLAS_THREAD" not in step(conv=False)
         assert get_fn() == 2
     finally:
         set_fn(before)

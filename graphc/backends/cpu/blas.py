@@ -116,12 +116,11 @@ def available() -> bool:
     return gemm(np.float32) is not None and gemm(np.float64) is not None
 
 
-# A product below this many FLOPs runs on one BLAS thread: it takes ~0.1-0.3 ms on one core,
-# while handing half of it to a BLAS thread that has gone to sleep (during graphc's own
-# kernels) costs a wake-up, and on a busy machine a wait for the OS to schedule it: LeNet's
-# dense-layer products took 1-10 ms each on 2 threads, 0.1-0.3 ms on one. The LSTM's
-# per-step products (134 MFLOP) keep both threads.
-SERIAL_GEMM_FLOPS = 32e6
+# OpenBLAS's worker threads spin on their cores for a long while after each threaded
+# product. In a step whose other kernels run on graphc's own threads (convolution and
+# pooling over chunks of the batch), a spinning BLAS thread takes a core from them: LeNet's
+# step took 24.5 ms so, 15.7 ms with every product on one BLAS thread (conv and pool kernels
+# 1.5-2x faster, the products themselves too). Such a step runs inside one_thread().
 _serial_lock = threading.Lock()
 _serial = {"depth": 0, "saved": 1}
 
@@ -144,10 +143,10 @@ def _thread_api():
 
 
 @contextlib.contextmanager
-def serial_if_small(flops: float):
-    """Run the BLAS calls inside on one thread when the product is small (see
-    SERIAL_GEMM_FLOPS); nested and concurrent uses restore the count once, at the last exit."""
-    api = _thread_api() if flops < SERIAL_GEMM_FLOPS else None
+def one_thread():
+    """The BLAS calls inside (from any thread) run on one BLAS thread; nested and concurrent
+    uses restore the thread count once, at the last exit. Without OpenBLAS: nothing."""
+    api = _thread_api()
     if api is None:
         yield
         return

@@ -16,6 +16,7 @@ from ...schedule import BoundPlan
 from ...schedule.expr import build_expr
 from ...schedule.kernel import data_inputs
 from . import blas, numba_printer, numpy_printer
+from .conv_kernels import INTO as THREADED_OPS
 from .kernels import INTO, PAIRS as _PAIR_KERNELS
 
 
@@ -90,7 +91,11 @@ class _Builder:
         args = ", ".join(f"v{s}" for s in self.feed_slots)
         self.lines.append(f"def run({args}):")
         # the plan's own kernels decide about NaN and Inf (check_numerics), not NumPy warnings
-        self.lines.append("  with np.errstate(all='ignore'):")
+        if _runs_on_graphc_threads(bp):  # see blas.one_thread: no BLAS thread spinning
+            self.ns["ONE_BLAS_THREAD"] = blas.one_thread
+            self.lines.append("  with np.errstate(all='ignore'), ONE_BLAS_THREAD():")
+        else:
+            self.lines.append("  with np.errstate(all='ignore'):")
         for s in sorted(mem.external):
             self.ns[f"OUT{s}"] = _recycler(bp.shapes[s], dtypes[s])
             self.lines.append(f"    v{s} = OUT{s}()")
@@ -255,12 +260,18 @@ class _Builder:
                                        for p, _ in self.bp.plan.params)
 
 
+def _runs_on_graphc_threads(bp: BoundPlan) -> bool:
+    """Whether the step has kernels that run over chunks on graphc's threads (convolution
+    and pooling, conv_kernels): then its products run on one BLAS thread (blas.one_thread)."""
+    return any(k.kind == "op" and any(st.op.name in THREADED_OPS for st in k.steps)
+               for k in bp.kernels)
+
+
 def _gemm_update(gemm):
     def kernel(a, b, lr, w, out):
         if out is not w:  # not granted the parameter's storage: start from a copy
             np.copyto(out, w)
-        with blas.serial_if_small(2.0 * out.size * a.shape[1]):
-            gemm(a, b, out, -float(lr), 1.0)
+        gemm(a, b, out, -float(lr), 1.0)
     return kernel
 
 

@@ -10,17 +10,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import blas
 from . import conv_kernels as _conv_kernels
 
 TILE_ROWS_ELEMENTS = 1 << 16
 
 
 def _matmul(a, b, out):
-    if out.size * a.shape[-1] * 2 < blas.SERIAL_GEMM_FLOPS:
-        with blas.serial_if_small(out.size * a.shape[-1] * 2):
-            np.matmul(a, b, out=out)
-        return
     np.matmul(a, b, out=out)
 
 
