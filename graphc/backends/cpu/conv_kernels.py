@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from . import blas, numba_printer
+from . import numba_printer
 
 _FLOATS = (np.float32, np.float64)
 _scratch = threading.local()
@@ -73,11 +73,7 @@ def _over_batch(n: int, nb: int, work, state=None) -> list:
                 s = states[threading.get_ident()] = state()
         work(c * nb, min((c + 1) * nb, n), s)
 
-    # graphc's threads each run their chunk's small products: on one BLAS thread apiece,
-    # or every product above OpenBLAS's threading threshold (M*N*K > 262144, most images'
-    # products here) queues for its thread pool (LeNet's step 26.5 -> 18.5 ms on 2 cores)
-    with blas.one_thread():
-        _run_chunks(chunk, -(-n // nb))
+    _run_chunks(chunk, -(-n // nb))
     return list(states.values())
 
 

@@ -260,20 +260,14 @@ _sce_with_backward = _labels_checked(_sce_with_backward_kernel, 0)
 # Kernels that compute two graph steps at once: (first op, second op) -> f(*inputs, *outs).
 PAIRS = {("softmax_cross_entropy", "softmax_cross_entropy_backward"): _sce_with_backward}
 
-def _tiles(shape: tuple, indices: tuple) -> bool:
-    """Whether the slices cover every element of an array of `shape` exactly once (see
-    ops.shape_ops.slices_tile, which the memory plan asks too)."""
-    from ...ops.shape_ops import slices_tile
-    return slices_tile(shape, indices)
-
 
 def _scatter_slices(*grads, out, indices):
     """zeros with each gradient added at its slice, written into out: where the slices tile
     out exactly once (an RNN's steps, an LSTM's gates), each is copied into place, with no
     zero fill and no read of out; otherwise zeros, then the sums in the reference's order."""
-    from ...ops.shape_ops import _decode_index
+    from ...ops.shape_ops import _decode_index, slices_tile
     places = [_decode_index(code) + (Ellipsis,) for code in indices]  # views, even 0-d
-    if _tiles(tuple(out.shape), tuple(indices)):
+    if slices_tile(tuple(out.shape), tuple(indices)):  # the memory plan asks it too
         for g, where in zip(grads, places):
             np.copyto(out[where], g, casting="unsafe")
         return

@@ -120,7 +120,7 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
         body.append(f"{f'i{shared[k]}' if k in shared else f'o{k}'}{idx} = t{j}")
     # A reduction over the innermost axes sums into a local float64 (a register) across
     # that run of loops and adds the sum to its accumulator once after them: summed in
-    # memory, every element's add waits for the previous store (4.6 -> 1 ms for a ReLU
+    # memory, every element's add waits for the previous store (3.9 -> 0.9 ms for a ReLU
     # backward with its bias gradient over 1.2M elements).
     for k, (_, j, axes, _, _) in enumerate(expr.reductions):
         r_idx = [("0" if d in axes else v) for d, v in enumerate(loop_vars)]
