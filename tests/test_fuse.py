@@ -558,8 +558,52 @@ def test_steps_with_threaded_conv_kernels_run_their_products_on_one_blas_thread(
                 fn = gc.compile(loss, optimizer=gc.optim.SGD(lr=0.01))
                 fn(x=np.ones((4, 1, 6, 6), np.float32))
                 return next(iter(fn._compiled.values()))[1].source
-        assert "ONE_BLAS_THREAD()" in step(conv=True)
+        assert "ONE_BLAS_THREAD(), BOUND_THREADS()" in step(conv=True)
         assert "ONE_BLAS_THREAD" not in step(conv=False)
+        assert "BOUND_THREADS" not in step(conv=False)
         assert get_fn() == 2
     finally:
         set_fn(before)
+
+
+def _cores_of(tid: int) -> set:
+    import os
+    return os.sched_getaffinity(tid)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity")
+                    or len(__import__("os").sched_getaffinity(0)) < 2,
+                    reason="needs sched_setaffinity and two cores")
+def test_bound_threads_keeps_the_caller_on_its_core_and_each_helper_on_another():
+    """Inside bound_threads the calling thread may run on one core only, each of graphc's
+    helpers on one other core; the caller's own mask comes back at the exit, nested uses
+    bind once, and with binding off nothing is touched."""
+    import os
+    import threading
+    from graphc.backends.cpu import kernels as cpu_kernels
+    old_threads = cpu_kernels.threads()
+    cpu_kernels.set_threads(2)
+    mine = os.sched_getaffinity(0)
+    try:
+        cpu_kernels.run_chunks(lambda c: None, 4)  # starts the helper
+        assert cpu_kernels._HELPER_IDS
+        with cpu_kernels.bound_threads():
+            here = os.sched_getaffinity(0)
+            with cpu_kernels.bound_threads():  # nested: still bound, not re-saved
+                assert os.sched_getaffinity(0) == here
+            assert len(here) == 1 and here <= mine
+            for tid in cpu_kernels._HELPER_IDS:
+                cores = _cores_of(tid)
+                assert len(cores) == 1 and cores <= mine and cores != here
+            done = []
+            cpu_kernels.run_chunks(lambda c: done.append(c), 8)  # the bound helpers work
+            assert sorted(done) == list(range(8))
+        assert os.sched_getaffinity(0) == mine
+        cpu_kernels.set_thread_binding(False)
+        with cpu_kernels.bound_threads():
+            assert os.sched_getaffinity(0) == mine
+        assert threading.get_native_id() not in cpu_kernels._HELPER_IDS
+    finally:
+        cpu_kernels.set_thread_binding(True)
+        cpu_kernels.set_threads(old_threads)
+        os.sched_setaffinity(0, mine)

@@ -15,7 +15,7 @@ import numpy as np
 from ...schedule import BoundPlan
 from ...schedule.expr import build_expr
 from ...schedule.kernel import data_inputs
-from . import blas, numba_printer, numpy_printer
+from . import blas, kernels, numba_printer, numpy_printer
 from .conv_kernels import INTO as THREADED_OPS
 from .kernels import INTO, PAIRS as _PAIR_KERNELS
 
@@ -91,9 +91,11 @@ class _Builder:
         args = ", ".join(f"v{s}" for s in self.feed_slots)
         self.lines.append(f"def run({args}):")
         # the plan's own kernels decide about NaN and Inf (check_numerics), not NumPy warnings
-        if _runs_on_graphc_threads(bp):  # see blas.one_thread: no BLAS thread spinning
+        if _runs_on_graphc_threads(bp):  # see blas.one_thread and kernels.bound_threads
             self.ns["ONE_BLAS_THREAD"] = blas.one_thread
-            self.lines.append("  with np.errstate(all='ignore'), ONE_BLAS_THREAD():")
+            self.ns["BOUND_THREADS"] = kernels.bound_threads
+            self.lines.append("  with np.errstate(all='ignore'), ONE_BLAS_THREAD(), "
+                              "BOUND_THREADS():")
         else:
             self.lines.append("  with np.errstate(all='ignore'):")
         for s in sorted(mem.external):
