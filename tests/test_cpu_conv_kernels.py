@@ -17,9 +17,19 @@ POOLS = [((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)), ((2, 2, 9, 7), (3, 3), (2, 1), 
          ((1, 2, 6, 6), (3, 2), (1, 2), (1, 0)), ((2, 2, 7, 9), (2, 2), (2, 2), (0, 0))]
 
 
+@pytest.fixture(params=["direct", "im2col"])
+def conv_path(request, monkeypatch):
+    """Every stride-1 convolution and weight gradient computed directly from the padded
+    image (as small first layers are), or every one through im2col and a GEMM."""
+    limit = 10 ** 9 if request.param == "direct" else 0
+    monkeypatch.setattr(K, "DIRECT_GRAD_K", limit)
+    monkeypatch.setattr(K, "DIRECT_WEIGHTS", limit)
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONVS)
-def test_conv_kernels_equal_the_references(dtype, xs, ws, stride, padding, dilation):
+def test_conv_kernels_equal_the_references(dtype, xs, ws, stride, padding, dilation, conv_path):
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=xs).astype(dtype), rng.normal(size=ws).astype(dtype)
     geo = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
@@ -74,7 +84,8 @@ def test_unsupported_cases_run_the_reference():
     np.testing.assert_array_equal(out, C._max_pool2d(xi, (2, 2), (2, 2), (0, 0)))
 
 
-def test_the_weight_gradient_does_not_depend_on_which_thread_takes_a_chunk(monkeypatch):
+def test_the_weight_gradient_does_not_depend_on_which_thread_takes_a_chunk(monkeypatch,
+                                                                            conv_path):
     """Bit-for-bit the same sum whichever thread took which chunk: the serial run, and
     threaded runs in which a different thread wins the chunks, agree exactly."""
     monkeypatch.setattr(K, "CHUNK_BYTES", 1)
@@ -102,7 +113,7 @@ def test_the_weight_gradient_does_not_depend_on_which_thread_takes_a_chunk(monke
 
 @pytest.mark.parametrize("xs, ws, stride, padding, dilation", CONVS)
 def test_chunks_on_threads_equal_the_references(monkeypatch, xs, ws, stride, padding,
-                                                dilation):
+                                                dilation, conv_path):
     """One image per chunk, the chunks taken in turn by two threads (the weight gradient's
     per-chunk sums added in chunk order at the end), as a big batch runs."""
     monkeypatch.setattr(K, "CHUNK_BYTES", 1)
@@ -134,7 +145,7 @@ def test_chunks_on_threads_equal_the_references(monkeypatch, xs, ws, stride, pad
     np.testing.assert_array_equal(out, C._max_pool2d_grad(gp, x, (2, 2), (2, 2), (0, 0)))
 
 
-def test_infinities_reach_only_what_the_reference_reaches():
+def test_infinities_reach_only_what_the_reference_reaches(conv_path):
     """The stride-1 kernels compute each row a few columns wide of the output and drop the
     extra columns: an Inf in the image or the weight must not leak NaN through them."""
     rng = np.random.default_rng(4)
