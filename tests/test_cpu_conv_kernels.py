@@ -56,6 +56,8 @@ def test_max_pool_kernels_equal_the_references(dtype, xs, kernel, stride, paddin
     x = rng.normal(size=xs).astype(dtype)
     x[0, 0, :2, :2] = 1.0  # a tie: the first maximum wins
     x[-1, -1, -1, -1] = np.nan  # NaN wins its windows, as np.max and np.argmax
+    x[0, 1, 3, 3] = np.nan  # ... also as a window's last element
+    x[0, 1, 4, 5] = x[0, 1, 5, 4] = 9.0  # a tie between a window's second and third
     args = dict(kernel=kernel, stride=stride, padding=padding)
     y = C._max_pool2d(x, kernel, stride, padding)
     out = np.empty_like(y)

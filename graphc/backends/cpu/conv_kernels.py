@@ -383,27 +383,31 @@ def _pool_fwd(x, b0, b1, kh, kw, sh, sw, ph, pw, out):
 def _pool_bwd(gy, x, b0, b1, kh, kw, sh, sw, ph, pw, out):
     """out[b] = each output's gradient added at its window's first maximum."""
     _, c, oh, ow = gy.shape
+    code = np.empty(ow, np.int8)  # 2x2: which element of each window of a row is its maximum
     for b in range(b0, b1):
         for ch in range(c):
             plane, g, dst = x[b, ch], gy[b, ch], out[b, ch]
             flat = dst.reshape(-1)
-            if _is_2x2(kh, kw, sh, sw, ph, pw):  # each element written once, no branches
+            if _is_2x2(kh, kw, sh, sw, ph, pw):
+                # two passes per row of windows, each of which LLVM vectorizes: the windows'
+                # codes (selects), then both rows written in order, each element once
+                # (3.8 -> 1.6 ms on one thread for LeNet's (256, 6, 28, 28), against one pass
+                # writing the four elements of each window in turn)
                 for i in range(oh):
-                    r0, r1, d0, d1, gi = (plane[2 * i], plane[2 * i + 1], dst[2 * i],
-                                          dst[2 * i + 1], g[i])
+                    r0, r1 = plane[2 * i], plane[2 * i + 1]
                     for j in range(ow):
                         v0, v1, v2, v3 = r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]
                         m = _nanmax2(_nanmax2(_nanmax2(v0, v1), v2), v3)
                         # the first element equal to the maximum (the first NaN if it is)
                         e0 = (v0 == m) | (v0 != v0)
-                        e1 = ((v1 == m) | (v1 != v1)) & ~e0
-                        e2 = ((v2 == m) | (v2 != v2)) & ~(e0 | e1)
-                        e3 = ~(e0 | e1 | e2)
-                        v = gi[j]
-                        d0[2 * j] = v if e0 else 0.0
-                        d0[2 * j + 1] = v if e1 else 0.0
-                        d1[2 * j] = v if e2 else 0.0
-                        d1[2 * j + 1] = v if e3 else 0.0
+                        e1 = (v1 == m) | (v1 != v1)
+                        e2 = (v2 == m) | (v2 != v2)
+                        code[j] = 0 if e0 else (1 if e1 else (2 if e2 else 3))
+                    gi, d0, d1 = g[i], dst[2 * i], dst[2 * i + 1]
+                    for t in range(2 * ow):
+                        k, v = code[t >> 1], gi[t >> 1]
+                        d0[t] = v if k == (t & 1) else 0.0
+                        d1[t] = v if k == (t & 1) + 2 else 0.0
                     for t in range(2 * ow, dst.shape[1]):  # an odd width's last column
                         d0[t] = 0.0
                         d1[t] = 0.0
