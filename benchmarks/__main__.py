@@ -75,7 +75,8 @@ def _run(args, pool) -> int:
         systems = [s for s in systems if s.name in args.system]
     info = machine.describe()
     print(f"graphc benchmarks on {info['cpu']} ({info['cores']} cores)"
-          + (f" + {info['gpu']}" if info["gpu"] else "") + (" [quick]" if args.quick else ""))
+          + (f" + {info['gpu']}" if info["gpu"] else "") + (" [quick]" if args.quick else "")
+          + f"; NumPy's BLAS: {info['blas']}")
     rep = {"machine": info, "quick": args.quick, "ceilings": {}, "results": [], "sweeps": {}}
     for device in devices:
         ceil = machine.ceilings(device, args.quick)

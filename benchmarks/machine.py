@@ -58,6 +58,22 @@ def _gpu_name() -> str | None:
         return None
 
 
+def blas_kernels() -> str:
+    """The kernels NumPy's OpenBLAS runs in this process, after graphc's choice (its CPU
+    backend moves an AVX-512 CPU's OpenBLAS up to the AVX-512 kernels where it loaded older
+    ones: backends/cpu/blas.select_kernels). Every process of the suite calls this first, so
+    the measured ceiling and the NumPy peers run on the kernels graphc runs on."""
+    from graphc.backends.cpu import blas
+    moved = blas.select_kernels()
+    core = blas.kernel_core()
+    if core is None:
+        return "not OpenBLAS"
+    return f"OpenBLAS {core} kernels" + (f" (moved up from {moved[0]})" if moved else "")
+
+
+BLAS_KERNELS = blas_kernels()
+
+
 def describe() -> dict:
     """CPU model, cores, GPU name and library versions, for the JSON and RESULTS.md."""
     libs = {m: _version(m) for m in ("graphc", "numpy", "numba", "cupy", "torch", "jax")}
@@ -66,6 +82,7 @@ def describe() -> dict:
         "cpu": _cpu_model(), "cores": os.cpu_count(), "gpu": _gpu_name(),
         "python": platform.python_version(), "platform": platform.platform(),
         "libraries": {k: v for k, v in libs.items() if v is not None},
+        "blas": BLAS_KERNELS,
         "command": " ".join(["python -m benchmarks"] + sys.argv[1:]),
     }
 

@@ -98,7 +98,8 @@ def device_section(report: dict, device: str) -> str:
     hw = m["gpu"] if device == "gpu" else f"{m['cpu']} ({m['cores']} cores)"
     libs = ", ".join(f"{k} {v}" for k, v in m["libraries"].items())
     parts = [
-        f"Date: {m['date']}. Machine: {hw}. Python {m['python']}; {libs}.",
+        f"Date: {m['date']}. Machine: {hw}. Python {m['python']}; {libs}"
+        + (f"; NumPy's BLAS: {m['blas']}" if m.get("blas") else "") + ".",
         f"Command: `{m['command']}`.",
         f"Measured ceilings: float32 matmul {c.get('matmul_flops', 0) / 1e12:.2f} TFLOP/s "
         f"({c.get('matmul_size')}^3), copy {c.get('copy_bytes_per_s', 0) / 1e9:.1f} GB/s "

@@ -9,6 +9,8 @@ from ..base import Backend, Capabilities, Runtime
 from . import blas
 from .kernels import INTO, PAIRS
 
+blas.select_kernels()  # once, before any plan runs: NumPy's OpenBLAS on this CPU's best kernels
+
 
 class CPUBackend(Backend):
     """NumPy, Numba and the BLAS NumPy loaded, on the host."""

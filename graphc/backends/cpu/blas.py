@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import threading
 
 import numpy as np
@@ -164,3 +165,114 @@ def one_thread():
             _serial["depth"] -= 1
             if _serial["depth"] == 0 and _serial["saved"] > 1:
                 set_fn(_serial["saved"])
+
+
+# OpenBLAS picks its kernels for the CPU once, as it loads (DYNAMIC_ARCH builds, as NumPy's).
+# A CPU it does not know gets older kernels: Zen 5 (family 0x1A) with OpenBLAS 0.3.31 is not
+# in its table (OpenMathLib/OpenBLAS#6029, fixed in #6033), and machine images pin
+# OPENBLAS_CORETYPE=Haswell against that (this project's 2-core Zen 5 VM does). The AVX2
+# kernels run single-precision GEMM at half speed there: 0.21 against 0.40 TFLOP/s with the
+# AVX-512 ones, an LSTM step's (64, 512) @ (512, 2048) in 0.81 against 0.56 ms.
+# select_kernels() moves the library up to the AVX-512 kernels OpenBLAS's own feature-based
+# fallback picks (Cooperlake with AVX512-BF16, else SkylakeX) on a CPU that reports every
+# instruction set they use, checks their products against float64 ones and otherwise goes
+# back; it never moves down. GRAPHC_BLAS_CORE=keep leaves the library as it loaded.
+AVX512_CORES = ("SkylakeX", "Cooperlake", "SapphireRapids")
+_AVX512_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags as Linux reports them (/proc/cpuinfo), or none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def avx512_core(core: str, flags: frozenset) -> str | None:
+    """The OpenBLAS core type an AVX-512 CPU should run instead of `core`, or None when
+    `core` is already an AVX-512 one or the CPU lacks what those kernels use."""
+    if core in AVX512_CORES or not _AVX512_FLAGS <= flags:
+        return None
+    return "Cooperlake" if "avx512_bf16" in flags else "SkylakeX"
+
+
+def _core_api():
+    """(corename(), dynamic_quit, dynamic_init) of NumPy's OpenBLAS, or None."""
+    found = _find_library()
+    if found is None or found[1].get("internal_api") != "openblas":
+        return None
+    lib = found[0]
+    quit_fn = getattr(lib, "gotoblas_dynamic_quit", None)
+    init_fn = getattr(lib, "gotoblas_dynamic_init", None)
+    for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename",
+                 "openblas_get_corename"):
+        name_fn = getattr(lib, name, None)
+        if name_fn is not None:
+            break
+    if quit_fn is None or init_fn is None or name_fn is None:
+        return None
+    name_fn.restype = ctypes.c_char_p
+
+    def corename() -> str:
+        return (name_fn() or b"").decode(errors="replace").strip()
+    return corename, quit_fn, init_fn
+
+
+def kernel_core() -> str | None:
+    """The kernels NumPy's OpenBLAS runs now ("Haswell", "SkylakeX", ...), or None."""
+    api = _core_api()
+    return api[0]() if api is not None else None
+
+
+def _switch(api, core: str) -> None:
+    corename, quit_fn, init_fn = api
+    saved = os.environ.get("OPENBLAS_CORETYPE")
+    os.environ["OPENBLAS_CORETYPE"] = core
+    try:
+        quit_fn()
+        init_fn()
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_CORETYPE"]
+        else:
+            os.environ["OPENBLAS_CORETYPE"] = saved
+
+
+def _products_agree() -> bool:
+    rng = np.random.default_rng(0)
+    for dtype, tol in ((np.float32, 1e-4), (np.float64, 1e-10)):
+        a, b = rng.standard_normal((67, 45)).astype(dtype), rng.standard_normal((45, 83)).astype(dtype)
+        want = a.astype(np.float64) @ b.astype(np.float64)
+        if not np.allclose(a @ b, want, rtol=tol, atol=tol):
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def select_kernels() -> tuple | None:
+    """Once per process: switch NumPy's OpenBLAS to its AVX-512 kernels where it runs older
+    ones on an AVX-512 CPU (see above); (core before, core after), or None when nothing
+    changed. Call it while no other thread is inside a BLAS call (the CPU backend does, as
+    it is imported)."""
+    if os.environ.get("GRAPHC_BLAS_CORE", "").lower() in ("keep", "0", "off"):
+        return None
+    flags = cpu_flags()
+    if not _AVX512_FLAGS <= flags:  # most machines: decided without looking for the BLAS
+        return None
+    api = _core_api()
+    if api is None:
+        return None
+    before = api[0]()
+    target = avx512_core(before, flags)
+    if target is None:
+        return None
+    _switch(api, target)
+    if api[0]() in AVX512_CORES and _products_agree():
+        return before, api[0]()
+    _switch(api, before)  # not taken, or wrong products: back to what it loaded with
+    return None
