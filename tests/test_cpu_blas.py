@@ -68,3 +68,22 @@ def test_select_kernels_runs_once_and_reports_the_change():
         assert blas.kernel_core() == after
     a = np.arange(12.0).reshape(3, 4)
     np.testing.assert_allclose(a @ a.T, np.einsum("ij,kj->ik", a, a))
+
+
+def test_the_blas_found_is_numpys_even_beside_scipys_own_openblas():
+    """SciPy's wheel vendors a second OpenBLAS; graphc's GEMM, thread control and kernel
+    choice act on the copy NumPy runs, whichever is loaded first."""
+    pytest.importorskip("scipy.linalg")
+    code = ("import numpy, scipy.linalg, threadpoolctl; import graphc.backends.cpu; "
+            "from graphc.backends.cpu import blas; "
+            "libs = [i['filepath'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
+            "found = blas._find_library(); "
+            "print(len(libs), found is not None and found[1]['filepath'].startswith(blas._numpy_dirs()), "
+            "blas.kernel_core())")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    if int(out[0]) < 2 or blas.kernel_core() is None:
+        pytest.skip("SciPy runs NumPy's BLAS here, or NumPy's BLAS is not OpenBLAS")
+    assert out[1] == "True"
+    if blas._AVX512_FLAGS <= blas.cpu_flags():
+        assert out[2] in blas.AVX512_CORES

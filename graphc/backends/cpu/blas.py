@@ -18,17 +18,33 @@ import numpy as np
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 
 
+def _numpy_dirs() -> tuple:
+    """Where NumPy's own BLAS lives: its package folder, or the folder its wheel vendors
+    libraries into (numpy.libs on Linux, numpy/.dylibs on macOS)."""
+    pkg = os.path.dirname(os.path.realpath(np.__file__))
+    return pkg + os.sep, os.path.join(os.path.dirname(pkg), "numpy.libs") + os.sep
+
+
+@functools.lru_cache(maxsize=None)
 def _find_library():
+    """(ctypes handle, threadpoolctl info) of the BLAS NumPy itself runs, or None.
+
+    Other BLAS copies may be loaded beside it (SciPy's wheel vendors its own OpenBLAS); the
+    one inside NumPy's folders is NumPy's. Failing that (a NumPy linked to a system BLAS),
+    the first one found, which is also the one SciPy links in such an install."""
     try:
         import threadpoolctl
     except ImportError:
         return None
-    for info in threadpoolctl.threadpool_info():
-        if info.get("user_api") == "blas" and info.get("internal_api") in ("openblas", "mkl"):
-            try:
-                return ctypes.CDLL(info["filepath"]), info
-            except OSError:
-                continue
+    found = [info for info in threadpoolctl.threadpool_info()
+             if info.get("user_api") == "blas" and info.get("internal_api") in ("openblas", "mkl")]
+    dirs = _numpy_dirs()
+    found.sort(key=lambda info: not os.path.realpath(info["filepath"]).startswith(dirs))
+    for info in found:
+        try:
+            return ctypes.CDLL(info["filepath"]), info
+        except OSError:
+            continue
     return None
 
 
