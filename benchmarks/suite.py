@@ -73,6 +73,11 @@ class Timing:
     # A pause before each sample: the previous worker's BLAS/OpenMP threads spin for up to
     # ~0.1 s after its last step and would steal a core from the next worker.
     settle_s: float = 0.2
+    # Untimed steps after the pause, before each sample: a training loop runs its steps back
+    # to back, and the first step after the pause and another system's sample pays for the
+    # caches that sample evicted and the thread pools that went to sleep (2-core machine,
+    # LeNet: torch eager's first step 19.0 ms, its next 15.1 ms; graphc's 14.7 ms both).
+    warmup: int = 1
 
 
 def run_workload(w: Workload, device: str, systems: list[System], ceilings: dict,
@@ -171,7 +176,7 @@ def _time_interleaved(live, w: Workload, ceilings: dict, timing: Timing) -> None
             if len(live) > 1:
                 time.sleep(timing.settle_s)
             try:
-                samples[id(r)].append(worker.call("sample", inner[id(r)]))
+                samples[id(r)].append(worker.call("sample", inner[id(r)], timing.warmup))
             except (RuntimeError, WorkerDied) as e:
                 r.status, r.reason = "failed", str(e)[:300]
         rounds += 1

@@ -30,8 +30,11 @@ def _fingerprints(runner, steps: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _sample(runner, inner: int) -> float:
-    """Seconds per step over `inner` steps, synchronized at both ends."""
+def _sample(runner, inner: int, warmup: int = 0) -> float:
+    """Seconds per step over `inner` steps, synchronized at both ends, after `warmup`
+    untimed ones."""
+    for _ in range(warmup):
+        runner.step()
     runner.sync()
     t0 = time.perf_counter()
     for _ in range(inner):
@@ -74,8 +77,8 @@ class _Server:
         return {"status": "ok", "compile_s": compile_s, "fingerprint": [float(v) for v in fp],
                 "peak_memory_bytes": mem, "memory_kind": kind}
 
-    def sample(self, inner: int) -> float:
-        return _sample(self.runner, inner)
+    def sample(self, inner: int, warmup: int = 0) -> float:
+        return _sample(self.runner, inner, warmup)
 
     def device_bytes(self):
         return self.runner.device_bytes()

@@ -151,3 +151,25 @@ def test_profile_times_every_computing_kernel_of_the_step(capsys):
     assert out.startswith("lenet: step ")
     assert "by kind:" in out and "conv2d" in out and "slowest:" in out
     assert per and all(t >= 0 for t in per.values()) and sum(per.values()) > 0
+
+
+def test_a_sample_times_only_the_steps_after_its_warmup():
+    """Each sample runs untimed warm-up steps first (the suite's Timing.warmup), then syncs
+    and times `inner` steps between two syncs."""
+    from benchmarks.suite import Timing
+    from benchmarks.worker import _sample
+
+    class Recorder:
+        def __init__(self):
+            self.events = []
+
+        def step(self):
+            self.events.append("step")
+
+        def sync(self):
+            self.events.append("sync")
+
+    r = Recorder()
+    assert _sample(r, 3, warmup=2) >= 0
+    assert r.events == ["step", "step", "sync", "step", "step", "step", "sync"]
+    assert Timing().warmup >= 1
