@@ -76,11 +76,13 @@ def test_the_blas_found_is_numpys_even_beside_scipys_own_openblas():
     pytest.importorskip("scipy.linalg")
     code = ("import numpy, scipy.linalg, threadpoolctl; import graphc.backends.cpu; "
             "from graphc.backends.cpu import blas; "
-            "libs = [i['filepath'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
+            "libs = [i['filepath'] for i in threadpoolctl.threadpool_info() "
+            "if i['user_api'] == 'blas']; "
             "found = blas._find_library(); "
-            "print(len(libs), found is not None and found[1]['filepath'].startswith(blas._numpy_dirs()), "
-            "blas.kernel_core())")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"},
+            "print(len(libs), found is not None and "
+            "found[1]['filepath'].startswith(blas._numpy_dirs()), blas.kernel_core())")
+    out = subprocess.run([sys.executable, "-c", code],
+                         env={**os.environ, "OPENBLAS_CORETYPE": "Haswell"},
                          capture_output=True, text=True, check=True).stdout.split()
     if int(out[0]) < 2 or blas.kernel_core() is None:
         pytest.skip("SciPy runs NumPy's BLAS here, or NumPy's BLAS is not OpenBLAS")

@@ -167,3 +167,27 @@ def test_infinities_reach_only_what_the_reference_reaches(conv_path):
         want = C._conv2d_input_grad(gy, w, x.shape, (1, 1), (0, 0), (1, 1), 1)
         np.testing.assert_array_equal(np.isnan(out), np.isnan(want))
         np.testing.assert_allclose(out, want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("images_per_chunk", [1, 3, 7])
+def test_the_weight_gradient_over_chunks_of_several_images_equals_the_reference(
+        monkeypatch, images_per_chunk):
+    """Through im2col, a chunk's images sit side by side in one (K, images x pixels) operand
+    and one GEMM sums them: chunks of 1, 3 (the last one short) and all 7 images."""
+    monkeypatch.setattr(K, "DIRECT_GRAD_K", 0)
+    rng = np.random.default_rng(5)
+    cases = [((7, 6, 9, 9), (4, 6, 3, 3), (1, 1)), ((7, 3, 8, 10), (5, 3, 5, 5), (0, 2))]
+    for xs, ws, padding in cases:
+        x, w = rng.normal(size=xs), rng.normal(size=ws)
+        geo = dict(stride=(1, 1), padding=padding, dilation=(1, 1), groups=1)
+        gy = rng.normal(size=C._conv2d(x, w, (1, 1), padding, (1, 1), 1).shape)
+        wp = xs[3] + 2 * padding[1]
+        per_image = max(ws[1] * ws[2] * ws[3], ws[0]) * gy.shape[2] * wp * x.itemsize
+        monkeypatch.setattr(K, "CHUNK_BYTES", per_image * images_per_chunk)
+        out = np.full_like(w, np.nan)
+        K.conv2d_weight_grad(x, gy, out=out, **geo)
+        np.testing.assert_allclose(out, C._conv2d_weight_grad(x, gy, w.shape, (1, 1), padding,
+                                                              (1, 1), 1), rtol=1e-10, atol=1e-10)
+        out32 = np.empty(ws, np.float32)
+        K.conv2d_weight_grad(x.astype(np.float32), gy.astype(np.float32), out=out32, **geo)
+        np.testing.assert_allclose(out32, out, rtol=1e-4, atol=1e-4)

@@ -37,7 +37,8 @@ def _find_library():
     except ImportError:
         return None
     found = [info for info in threadpoolctl.threadpool_info()
-             if info.get("user_api") == "blas" and info.get("internal_api") in ("openblas", "mkl")]
+             if info.get("user_api") == "blas"
+             and info.get("internal_api") in ("openblas", "mkl")]
     dirs = _numpy_dirs()
     found.sort(key=lambda info: not os.path.realpath(info["filepath"]).startswith(dirs))
     for info in found:

@@ -170,9 +170,10 @@ def _pad_image(x, b, ph, pw, xp):
 
 # The loops below index one-dimensional views: Numba then knows each index is in bounds and
 # non-negative, and LLVM vectorizes the runs (three times faster than indexing the 3-D arrays).
-def _im2col_wide(x, b0, b1, kh, kw, ph, pw, zero_garbage, xp, cols):
-    """cols[b - b0, (ch, p, q), i * Wp + j] = xp[ch, (i + p) * Wp + j + q]; the garbage
-    columns j >= OW zeroed when asked (before a product that sums over pixels)."""
+def _im2col_wide(x, b0, b1, kh, kw, ph, pw, zero_garbage, xp, cols, k_first=False):
+    """cols[b - b0, (ch, p, q), i * Wp + j] = xp[ch, (i + p) * Wp + j + q] (k_first: cols[(ch,
+    p, q), b - b0, i * Wp + j], every image's columns side by side); the garbage columns
+    j >= OW zeroed when asked (before a product that sums over pixels)."""
     c, w = x.shape[1], x.shape[3]
     wp = w + 2 * pw
     ow = wp - kw + 1
@@ -182,7 +183,8 @@ def _im2col_wide(x, b0, b1, kh, kw, ph, pw, zero_garbage, xp, cols):
         for ch in range(c):
             for p in range(kh):
                 for q in range(kw):
-                    dst = cols[b - b0, (ch * kh + p) * kw + q]
+                    kk = (ch * kh + p) * kw + q
+                    dst = cols[kk, b - b0] if k_first else cols[b - b0, kk]
                     src = xp[ch, p * wp + q:p * wp + q + run]
                     for t in range(run):
                         dst[t] = src[t]
@@ -631,21 +633,32 @@ def _weight_grad(x, gy, out, stride, padding, dilation, wide, zero_garbage):
     p = oh * wp
     nb = _images_per_chunk(n, max(k, o) * p * x.itemsize)
     geometry = _geometry(out.shape, stride, padding, dilation)
-    scratch = _scratch_of(nb, x.dtype, wcols=(k, p), gyt=(p, o), dw=(k, o), xp_=pad_shape)
     chunks = -(-n // nb)
     # the calling thread's: one (K, O) sum per chunk
     sums = _buffer("conv_wgrad_sums", (chunks, k, o), x.dtype)
+    if wide is not None:
+        # the chunk's columns image beside image, (K, images x pixels): one GEMM per chunk
+        # over all its pixels, where a product per image ((150, 140) @ (140, 16) at LeNet's
+        # second layer) costs a BLAS call each
+        scratch = _scratch_of(nb, x.dtype, gyt=(p, o), xp_=pad_shape, side_=(k, nb, p))
 
-    def work(b0, b1, s):
-        cols, gt, per_image = s.wcols[:b1 - b0], s.gyt[:b1 - b0], s.dw[:b1 - b0]
-        if wide is None:
-            jit.im2col(x, b0, b1, *geometry, cols)
-        else:
+        def work(b0, b1, s):
+            m = b1 - b0
+            gt = s.gyt[:m]
             jit.im2col_wide(x, b0, b1, kh, kw, padding[0], padding[1], zero_garbage, s.xp_,
-                            cols)
-        jit.gy_wide(gy, b0, b1, wp, True, gt)
-        np.matmul(cols, gt, out=per_image)
-        np.sum(per_image, axis=0, out=sums[b0 // nb])
+                            s.side_, True)
+            jit.gy_wide(gy, b0, b1, wp, True, gt)
+            np.matmul(s.side_[:, :m].reshape(k, m * p), gt.reshape(m * p, o),
+                      out=sums[b0 // nb])
+    else:
+        scratch = _scratch_of(nb, x.dtype, wcols=(k, p), gyt=(p, o), dw=(k, o))
+
+        def work(b0, b1, s):
+            cols, gt, per_image = s.wcols[:b1 - b0], s.gyt[:b1 - b0], s.dw[:b1 - b0]
+            jit.im2col(x, b0, b1, *geometry, cols)
+            jit.gy_wide(gy, b0, b1, wp, True, gt)
+            np.matmul(cols, gt, out=per_image)
+            np.sum(per_image, axis=0, out=sums[b0 // nb])
 
     _over_batch(n, nb, work, scratch)
     total = out.reshape(o, k).T
