@@ -198,6 +198,15 @@ def _summarize(r: Result, xs: list, w: Workload, ceilings: dict) -> None:
     r.samples_per_s = w.samples() / med
     if w.flops():
         r.tflops = w.flops() / med / 1e12
+    set_floors(r, w, ceilings)
+
+
+def set_floors(r: Result, w: Workload, ceilings: dict) -> None:
+    """r's ratios to its FLOP floor and bytes floor at these ceilings."""
+    if r.median_ms is None:
+        return
+    med = r.median_ms / 1e3
+    if w.flops():
         r.flop_floor_ratio = med / (w.flops() / ceilings["matmul_flops"])
     if w.bytes_moved():
         r.bytes_floor_ratio = med / (w.bytes_moved() / ceilings["copy_bytes_per_s"])

@@ -173,3 +173,21 @@ def test_a_sample_times_only_the_steps_after_its_warmup():
     assert _sample(r, 3, warmup=2) >= 0
     assert r.events == ["step", "step", "sync", "step", "step", "step", "sync"]
     assert Timing().warmup >= 1
+
+
+def test_ceilings_measured_again_keep_the_higher_and_retake_the_floors(monkeypatch):
+    """A ceiling measured in a busy moment would scale every floor ratio: the suite
+    measures again after the workloads and keeps the higher of each."""
+    from benchmarks import machine
+    from benchmarks.suite import Result, set_floors
+    w = WORKLOADS["mlp-m"]
+    ceil = {"matmul_flops": 1e11, "copy_bytes_per_s": 4e10}
+    r = Result(w.name, "graphc-numpy", "cpu", median_ms=50.0)
+    set_floors(r, w, ceil)
+    low = r.flop_floor_ratio
+    monkeypatch.setattr(machine, "ceilings", lambda device, quick: {
+        "matmul_flops": 4e11, "copy_bytes_per_s": 2e10})
+    bench._remeasure("cpu", False, ceil, [r], WORKLOADS)
+    assert ceil == {"matmul_flops": 4e11, "copy_bytes_per_s": 4e10}
+    assert r.flop_floor_ratio == pytest.approx(low * 4)
+    assert r.flop_floor_ratio == pytest.approx(0.05 / (w.flops() / 4e11))
