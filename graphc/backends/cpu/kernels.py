@@ -25,7 +25,15 @@ TILE_ROWS_ELEMENTS = 1 << 16
 # kernels: (64, 512) @ (512, 2048).T-view 0.60 -> 0.47 ms, (16, 512) @ (512, 2048) 0.39 ->
 # 0.16 ms). With more rows, or a short inner dimension, the copy costs more than it saves.
 def _transposed_is_faster(m: int, n: int, k: int) -> bool:
-    return n >= 256 and (m <= 32 or (m <= 64 and k >= 512) or (m <= 128 and k >= 2048))
+    return _runs_openblas() and n >= 256 and (
+        m <= 32 or (m <= 64 and k >= 512) or (m <= 128 and k >= 2048))
+
+
+@functools.lru_cache(maxsize=None)
+def _runs_openblas() -> bool:
+    """Whether NumPy's BLAS is OpenBLAS, the library the rule above was measured on."""
+    from . import blas
+    return blas.kernel_core() is not None
 
 
 _scratch = threading.local()
