@@ -5,7 +5,7 @@ import threading
 import numpy as np
 import pytest
 
-from graphc.backends.cpu import kernels
+from graphc.backends.cpu import conv_kernels, kernels
 
 MATMUL = kernels.INTO["matmul"]
 
@@ -33,10 +33,10 @@ def test_few_rows_times_a_transposed_weight_go_through_the_transposed_product(rn
     w = rng.standard_normal((1024, 512)).astype(np.float32)
     out = np.empty((8, 1024), np.float32)
     MATMUL(a, w.T, out=out)
-    scratch = kernels._scratch_array((1024, 8), np.float32)
+    scratch = conv_kernels._buffer("matmul_transposed", (1024, 8), np.float32)
     np.testing.assert_array_equal(scratch.T, out)  # the transposed product was written there
     MATMUL(a * 2, w.T, out=out)
-    assert kernels._scratch_array((1024, 8), np.float32) is scratch
+    assert conv_kernels._buffer("matmul_transposed", (1024, 8), np.float32) is scratch
     np.testing.assert_allclose(out, (a * 2) @ w.T, rtol=1e-5, atol=1e-4)
 
 

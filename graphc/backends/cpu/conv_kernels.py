@@ -632,7 +632,6 @@ def _weight_grad(x, gy, out, stride, padding, dilation, wide, zero_garbage):
     wp, pad_shape = wide if wide is not None else (ow, (1, 1))
     p = oh * wp
     nb = _images_per_chunk(n, max(k, o) * p * x.itemsize)
-    geometry = _geometry(out.shape, stride, padding, dilation)
     chunks = -(-n // nb)
     # the calling thread's: one (K, O) sum per chunk
     sums = _buffer("conv_wgrad_sums", (chunks, k, o), x.dtype)
@@ -651,6 +650,7 @@ def _weight_grad(x, gy, out, stride, padding, dilation, wide, zero_garbage):
             np.matmul(s.side_[:, :m].reshape(k, m * p), gt.reshape(m * p, o),
                       out=sums[b0 // nb])
     else:
+        geometry = _geometry(out.shape, stride, padding, dilation)
         scratch = _scratch_of(nb, x.dtype, wcols=(k, p), gyt=(p, o), dw=(k, o))
 
         def work(b0, b1, s):

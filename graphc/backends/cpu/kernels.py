@@ -36,27 +36,11 @@ def _runs_openblas() -> bool:
     return blas.kernel_core() is not None
 
 
-_scratch = threading.local()
-
-
-def _scratch_array(shape: tuple, dtype) -> np.ndarray:
-    """A per-thread buffer of this shape and dtype, kept for the next call (no page faults
-    in a step that asks for it every time)."""
-    cache = getattr(_scratch, "arrays", None)
-    if cache is None:
-        cache = _scratch.arrays = {}
-    key = (shape, np.dtype(dtype).str)
-    buf = cache.get(key)
-    if buf is None:
-        buf = cache[key] = np.empty(shape, dtype)
-    return buf
-
-
 def _matmul(a, b, out):
     if (a.ndim == 2 and b.ndim == 2 and b.T.flags.c_contiguous and out.flags.c_contiguous
             and a.dtype == b.dtype == out.dtype and out.dtype.kind == "f"
             and _transposed_is_faster(a.shape[0], b.shape[1], a.shape[1])):
-        tmp = _scratch_array((b.shape[1], a.shape[0]), out.dtype)
+        tmp = _conv_kernels._buffer("matmul_transposed", (b.shape[1], a.shape[0]), out.dtype)
         np.matmul(b.T, a.T, out=tmp)
         np.copyto(out, tmp.T)
         return
