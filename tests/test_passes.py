@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import graphc as gc
-from graphc.passes import DEFAULT_PASSES, Program, cse, dce, fold, run_passes, simplify
+from graphc.passes import DEFAULT_PASSES, Program, cse, dce, fold, run_passes, simplify, sink
 
 
 def _ops(program):
@@ -137,5 +137,68 @@ def test_compile_passes_argument():
     assert [k.kind for k in fused.plan.kernels].count("fused") == 1
     fn = gc.compile(y, optimize=False)
     assert [s.op.name for s in fn.symbolic_plan.steps].count("exp") == 2
-    assert set(DEFAULT_PASSES) <= {"simplify", "fold", "cse", "dce"}
+    assert set(DEFAULT_PASSES) <= {"simplify", "fold", "sink", "cse", "dce"}
     run_passes(Program((y,)), [cse.run, "dce"])  # callables and names mix
+
+
+# --- sink: broadcast adds moved into the slices that read them ------------------------------
+def _stacked_projection(steps=3, batch=None):
+    x = gc.placeholder("x", (steps, batch, 4))
+    w = gc.parameter("w", value=np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32))
+    b = gc.parameter("b", value=np.arange(6, dtype=np.float32))
+    proj = gc.reshape(gc.reshape(x, (-1, 4)) @ w.T + b, (steps, -1, 6))
+    return x, w, b, proj
+
+
+def _full_adds(program, shape):
+    """The adds of the bias to the whole stacked projection."""
+    return [n for n in program.nodes() if n.op.name == "add" and n.shape == shape
+            and any(i.op.name == "matmul" for i in n.inputs)]
+
+
+def test_sink_moves_a_bias_add_into_the_steps_slices():
+    x, w, b, proj = _stacked_projection()
+    h = None
+    for t in range(3):
+        z = proj[t] if h is None else proj[t] + h
+        h = gc.tanh(z)
+    loss = gc.sum(h * h)
+    grads = gc.grad(loss, [w, b])
+    before = run_passes(Program((loss, *grads)), ("simplify", "fold"))
+    assert len(_full_adds(before, (None, 6))) == 1
+    after = sink.run(before)
+    assert not _full_adds(after, (None, 6))  # no pass over the stacked projection
+    step_adds = [n for n in after.nodes() if n.op.name == "add"
+                 and any(i.op.name == "getitem" for i in n.inputs)]
+    assert len(step_adds) == 3 and all(b in n.inputs for n in step_adds)
+    feeds = {"x": np.random.default_rng(1).normal(size=(3, 5, 4)).astype(np.float32)}
+    _same_values([loss, *grads], feeds, rtol=1e-5)
+
+
+def test_sink_leaves_an_add_that_is_read_whole():
+    x, w, b, proj = _stacked_projection()
+    stacked = gc.sum(proj)  # the whole sum reads every element: the add stays
+    loss = stacked + gc.sum(gc.tanh(proj[0]))
+    after = sink.run(run_passes(Program((loss,)), ("simplify", "fold")))
+    assert len(_full_adds(after, (None, 6))) == 1
+
+
+def test_sink_leaves_slices_that_cut_the_broadcast_dims():
+    x, w, b, proj = _stacked_projection()
+    loss = gc.sum(gc.tanh(proj[:, :, 0:3])) + gc.sum(gc.sigmoid(proj[:, :, 3:6]))
+    after = sink.run(run_passes(Program((loss,)), ("simplify", "fold")))
+    assert len(_full_adds(after, (None, 6))) == 1
+    feeds = {"x": np.random.default_rng(2).normal(size=(3, 2, 4)).astype(np.float32)}
+    _same_values([loss], feeds, rtol=1e-5)
+
+
+def test_lstm_plan_has_no_pass_over_the_stacked_projection():
+    lstm = gc.nn.LSTM(8, 16)
+    x = gc.placeholder("x", (5, None, 8))
+    _, (h, _) = lstm.run(x)
+    fn = gc.compile(gc.sum(h * h), optimizer=gc.optim.SGD(lr=0.1))
+    feeds = {"x": np.random.default_rng(3).normal(size=(5, 4, 8)).astype(np.float32)}
+    fn(feeds)
+    stacked = [k for k in fn.plan.kernels if k.kind == "fused"
+               and fn.plan.shapes[k.outputs[0]] == (20, 64)]
+    assert not stacked

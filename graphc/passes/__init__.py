@@ -3,10 +3,11 @@ default pipeline is DEFAULT_PASSES, run by gc.compile(optimize=True)."""
 from __future__ import annotations
 
 from .program import Program, rebuild, rewrite  # noqa: F401
-from . import cse, dce, fold, simplify
+from . import cse, dce, fold, simplify, sink
 
-PASSES = {"simplify": simplify.run, "cse": cse.run, "fold": fold.run, "dce": dce.run}
-DEFAULT_PASSES = ("simplify", "fold", "cse", "simplify", "dce")
+PASSES = {"simplify": simplify.run, "cse": cse.run, "fold": fold.run, "sink": sink.run,
+          "dce": dce.run}
+DEFAULT_PASSES = ("simplify", "fold", "sink", "cse", "simplify", "dce")
 
 
 def run_passes(program: Program, passes) -> Program:
