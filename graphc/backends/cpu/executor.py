@@ -193,6 +193,9 @@ class _Builder:
                         windows[j] = w
                         outs[j] = parent
             extra = {"windows": windows} if windows else {}
+            fixed = [self.fixed.get(s) for s, _ in expr.inputs]
+            if any(isinstance(a, np.ndarray) and not a.flags.c_contiguous for a in fixed):
+                extra["inputs"] = fixed  # strided views: read through flat arrays
             self.ns[f"F{i}"] = numba_printer.compile_numba(expr, self.bp.written_over(expr),
                                                            **extra)
         else:  # ufuncs with out= take strided views as they are

@@ -1,9 +1,10 @@
 """Fused kernels printed as Numba loops (CPU backend): one pass over the iteration space,
 every input read once, reductions accumulated in float64, each op printed from its
 registry scalar form (OpDef.scalar). Used for groups of cheap arithmetic (OpDef.cost below
-COST_TRANSCENDENTAL); groups with transcendental functions run as tiled NumPy instead
-(NumPy's SIMD exp/tanh are 10-80x faster per element than Numba's scalar libm calls on the
-machines we measured).
+COST_TRANSCENDENTAL) and for float32 groups whose transcendental functions are exp, tanh and
+sigmoid, which print as vmath's branch-free, vectorizable functions (VMATH); groups with any
+other transcendental function run as tiled NumPy instead (NumPy's SIMD exp/tanh are 10-80x
+faster per element than Numba's scalar libm calls on the machines we measured).
 
 Sources are cached on disk as graphc.backends.kernel_cache describes (user-only directory,
 keyed by the source hash, verified before use, rebuilt once when damaged)."""
@@ -38,10 +39,41 @@ def available() -> bool:
 MIN_ELEMENTS = 1 << 14
 
 
+# float32 exp, tanh and sigmoid print as vmath's functions, so a float32 group holding them
+# (and no other transcendental function) runs as one Numba loop too, where at most
+# MAX_VECTOR_DEPTH of them depend on one another. A deeper chain leaves the loop waiting
+# on latency (each function is some 20 dependent steps, and out-of-order execution
+# overlaps only so many iterations), where NumPy's one pass per op over a tile is bound
+# by throughput: measured in one process, 1M floats (64 x 512), the Numba loop over
+# NumPy's time: chains of depth 2 0.51 (0.85), depth 3 0.84 (0.99), depth 4 1.09
+# (1.42), depth 7 1.35 (1.44); with their gradient, depth 3 0.57 (0.75), depth 7 0.91
+# (1.03); the LSTM's gate kernel (depth 2, columns of the gates' product) 0.56.
+VMATH = True
+MAX_VECTOR_DEPTH = 3
+
+
 def suits(expr: FusedExpr) -> bool:
-    """Numba pays for big groups of cheap arithmetic only (see the module docstring)."""
+    """Numba pays for big groups of cheap arithmetic, and of float32 arithmetic with exp,
+    tanh and sigmoid (see the module docstring)."""
     size = int(np.prod(expr.shape, dtype=np.int64))
-    return size >= MIN_ELEMENTS and all(prints(i) for i in expr.instrs) and available()
+    if size < MIN_ELEMENTS or not available():
+        return False
+    live = sorted(_live(expr))
+    instrs = [expr.instrs[j] for j in live]
+    if all(prints(i) for i in instrs):
+        return True
+    return VMATH and all(prints(i) or vector_math(i) for i in instrs) and \
+        vector_depth(expr, live) <= MAX_VECTOR_DEPTH
+
+
+def vector_depth(expr: FusedExpr, live) -> int:
+    """The most vmath functions on one chain of dependent instructions of the group."""
+    depth: dict[int, int] = {}
+    for j in live:
+        ins = expr.instrs[j]
+        d = max((depth.get(i, 0) for kind, i in ins.args if kind == "v"), default=0)
+        depth[j] = d + (1 if vector_math(ins) else 0)
+    return max(depth.values(), default=0)
 
 
 def prints(ins) -> bool:
@@ -51,8 +83,21 @@ def prints(ins) -> bool:
             and op.scalar_form(ins.attrs) is not None)
 
 
+def vector_math(ins) -> bool:
+    """Whether an instruction prints as one of vmath's float32 functions."""
+    from . import vmath
+    return ins.op in vmath.FUNCTIONS and np.dtype(ins.dtype) == np.float32 and \
+        ins.opdef is not None
+
+
+def _live(expr: FusedExpr) -> set:
+    """The instructions an output or a reduction needs (see numpy_printer._live)."""
+    from .numpy_printer import _live as live
+    return live(expr)
+
+
 def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
-                windows=None) -> tuple[str, dict]:
+                windows=None, strided=None) -> tuple[str, dict]:
     """Source of `kernel(*inputs, *outputs, *accumulators, *extents)` (accumulators: float64,
     the reductions' keepdims shapes; extents: the iteration shape) and the constants it
     names. Extents are arguments, not literals, so one compiled kernel serves every shape
@@ -70,19 +115,34 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
     q{k} when several outputs have windows). A strided view itself would be an 'A' array,
     whose loop LLVM leaves scalar (4x slower); row slices of the parent are contiguous.
     Stores to several rows of one parent in one loop stay scalar too (LLVM cannot tell the
-    rows apart), so then each output's row goes to scratch, copied into place after it."""
+    rows apart), so then each output's row goes to scratch, copied into place after it.
+
+    `strided` does the same for inputs that are strided views (column slices of a bigger
+    array, broadcasts with zero strides): {input: (group, inner stride 0 or 1)}. The kernel
+    takes, in place of those inputs and after everything above, one flat C-contiguous
+    array g{group} per group (the memory the group's inputs span) and each input's offset
+    u{k} and element strides d{k}_{d} along the outer iteration axes; it reads contiguous
+    rows of the flat array (or, for an inner stride 0, one element per row)."""
+    from . import vmath
     shared = shared or {}
     windows = windows or {}
+    strided = strided or {}
     shape = expr.shape
     loop_vars = [f"j{d}" for d in range(len(shape))]
     consts: dict = {}
+    live = _live(expr)
+    use_vmath = VMATH and any(vector_math(expr.instrs[j]) for j in live)
     n_in, n_out, n_red = len(expr.inputs), len(expr.outputs), len(expr.reductions)
-    params = [f"i{k}" for k in range(n_in)] + [f"o{k}" for k in range(n_out)
-                                               if k not in shared] + \
+    params = [f"i{k}" for k in range(n_in) if k not in strided] + \
+        [f"o{k}" for k in range(n_out) if k not in shared] + \
         [f"a{k}" for k in range(n_red)] + [f"n{d}" for d in range(len(shape))]
     scratch = len(windows) > 1
     for k, dims in sorted(windows.items()):
         params += [f"w{k}_{p}" for p in range(len(dims))] + ([f"q{k}"] if scratch else [])
+    inner = len(shape) - 1
+    params += [f"g{g}" for g in sorted({g for g, _ in strided.values()})]
+    for k in sorted(strided):
+        params += [f"u{k}"] + [f"d{k}_{d}" for d in range(inner)]
     body = []
     # Without reductions, each input is loaded in the outermost loop where its index is
     # fixed (a learning rate before the loops): left in the inner loop, such a load may
@@ -90,19 +150,37 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
     # update of 1M floats). With a reduction the hoisted form measured 5x slower, so there
     # every load stays innermost.
     loads: dict[int, list] = {}
-    innermost = len(shape) - 1
-    for k, (_, in_shape) in enumerate(expr.inputs):
-        index = _index(in_shape, shape, loop_vars)
-        depth = innermost if expr.reductions else max(_varying_dims(in_shape, shape),
-                                                      default=-1)
-        loads.setdefault(depth, []).append(f"x{k} = i{k}{index}")
-    for j, ins in enumerate(expr.instrs):
-        args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in ins.args]
-        body.append(f"t{j} = {scalar_code(ins, j, args, consts)}")
-    idx = "[" + ", ".join(loop_vars) + "]" if shape else "[()]"
     pre: dict[int, list] = {}
     post: dict[int, list] = {}
-    inner = len(shape) - 1
+    for k, (_, in_shape) in enumerate(expr.inputs):
+        if k in strided:
+            # the offset of the input's row, summed loop by loop; its row (or element) is
+            # taken before the innermost loop
+            g, step = strided[k]
+            base = f"u{k}"
+            for d in range(inner):
+                loads.setdefault(d, []).append(f"b{k}_{d} = {base} + j{d} * d{k}_{d}")
+                base = f"b{k}_{d}"
+            if step == 1:
+                pre.setdefault(inner, []).append(f"r{k} = g{g}[{base}:{base} + n{inner}]")
+                loads.setdefault(inner, []).append(f"x{k} = r{k}[j{inner}]")
+            elif expr.reductions:
+                loads.setdefault(inner, []).append(f"x{k} = g{g}[{base}]")
+            else:
+                pre.setdefault(inner, []).append(f"x{k} = g{g}[{base}]")
+            continue
+        index = _index(in_shape, shape, loop_vars)
+        depth = inner if expr.reductions else max(_varying_dims(in_shape, shape), default=-1)
+        loads.setdefault(depth, []).append(f"x{k} = i{k}{index}")
+    for j, ins in enumerate(expr.instrs):
+        if j not in live:
+            continue
+        args = [f"x{i}" if kind == "in" else f"t{i}" for kind, i in ins.args]
+        if use_vmath and vector_math(ins):
+            body.append(f"t{j} = {vmath.FUNCTIONS[ins.op]}({args[0]})")
+            continue
+        body.append(f"t{j} = {scalar_code(ins, j, args, consts)}")
+    idx = "[" + ", ".join(loop_vars) + "]" if shape else "[()]"
     for k, (_, j) in enumerate(expr.outputs):
         if k in windows:
             dims = windows[k]
@@ -121,7 +199,10 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
     # A reduction over the innermost axes sums into a local float64 (a register) across
     # that run of loops and adds the sum to its accumulator once after them: summed in
     # memory, every element's add waits for the previous store (3.9 -> 0.9 ms for a ReLU
-    # backward with its bias gradient over 1.2M elements).
+    # backward with its bias gradient over 1.2M elements). In a kernel with vmath's
+    # functions the local sums with vmath.sum_add, an add LLVM may reassociate: the loop
+    # then vectorizes (partial sums in lanes); with a plain add it stays scalar (83 vs
+    # 9 ns per element for the elementwise workload's kernel).
     for k, (_, j, axes, _, _) in enumerate(expr.reductions):
         r_idx = [("0" if d in axes else v) for d, v in enumerate(loop_vars)]
         target = f"a{k}[{', '.join(r_idx)}]" if r_idx else f"a{k}[()]"
@@ -132,11 +213,15 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
             body.append(f"{target} += t{j}")
             continue
         pre.setdefault(start, []).append(f"s{k} = 0.0")
-        body.append(f"s{k} += t{j}")
+        body.append(f"s{k} = sum_add(s{k}, t{j})" if use_vmath else f"s{k} += t{j}")
         post.setdefault(start, []).append(f"{target} += s{k}")
     # constants are module globals, which Numba freezes into the machine code (and the
     # source hash, hence the cache key, covers their values)
-    lines = ["import math", "import numpy as np", "import numba", ""] + constant_lines(consts)
+    lines = ["import math", "import numpy as np", "import numba", ""]
+    if use_vmath:  # VERSION: vmath's source hash (Numba's cache does not track inlining)
+        lines += [f"from graphc.backends.cpu.vmath import {', '.join(sorted(vmath.NAMES))}"
+                  f"  # vmath {vmath.VERSION}", ""]
+    lines += constant_lines(consts)
     flags = ", parallel=True" if parallel else ""
     lines += ["", f"@numba.njit(cache=True, nogil=True, error_model='numpy'{flags})",
               f"def kernel({', '.join(params)}):"]
@@ -192,11 +277,14 @@ def _chunking(expr: FusedExpr, shared: dict, n_kept: int):
     return rows, n_chunks, cut
 
 
-def compile_numba(expr: FusedExpr, shared=None, windows=None):
+def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
     """A callable kernel(*inputs, *outputs, *reductions) running one Numba loop nest;
     `shared`: see print_numba (the caller promises those outputs are those inputs).
     `windows`: {output: (dims, offsets)} (see print_numba and window()): the caller passes
-    those outputs' parent arrays. Big state updates run on several threads (see
+    those outputs' parent arrays. `inputs`: the arrays the caller passes as inputs on every
+    call, where it knows them when it compiles (else None): those that are strided views
+    are read through flat arrays of the memory they span (see print_numba's `strided` and
+    strided_inputs()). Big state updates run on several threads (see
     PARALLEL_MIN_ELEMENTS)."""
     shared = shared or {}
     windows = windows or {}
@@ -205,7 +293,13 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None):
             return None
         nothing.source = ""
         return nothing
-    source, _ = print_numba(expr, shared, windows={k: d for k, (d, _) in windows.items()})
+    n_in, n_out = len(expr.inputs), len(expr.outputs)
+    kept = [k for k in range(n_out) if k not in shared]
+    chunking = None if windows else _chunking(expr, shared, len(kept))
+    strided, groups, places = ({}, [], []) if chunking is not None or inputs is None else \
+        strided_inputs(expr, inputs, shared)
+    source, _ = print_numba(expr, shared, windows={k: d for k, (d, _) in windows.items()},
+                            strided=strided)
     jit = _load(source)
     shape = expr.shape
     extra: list = []  # after the extents: each window's offsets (and its scratch row)
@@ -213,16 +307,15 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None):
         extra += list(offsets)
         if len(windows) > 1:
             extra.append(np.empty(shape[-1], expr.instrs[expr.outputs[k][1]].dtype))
+    extra += groups + places
+    plain = [k for k in range(n_in) if k not in strided]
     reds = []
     for _, _, axes, kind, _ in expr.reductions:
         kd = tuple(1 if a in axes else d for a, d in enumerate(shape))
         count = int(np.prod([shape[a] for a in axes], dtype=np.int64)) if kind == "mean" else 1
         reds.append((np.zeros(kd, np.float64), kd, count))
-    n_in, n_out = len(expr.inputs), len(expr.outputs)
-    kept = [k for k in range(n_out) if k not in shared]
 
     loaded = False  # whether the dispatcher has run once (and so loaded from disk or built)
-    chunking = None if windows else _chunking(expr, shared, len(kept))
     if chunking is not None:
         from .kernels import machine_busy, numba_threads, run_chunks
         rows, n_chunks, cut = chunking
@@ -270,7 +363,8 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None):
         for acc, _, _ in reds:
             acc[...] = 0.0
             accs.append(acc)
-        args = (*arrays[:n_in], *[arrays[n_in + k] for k in kept], *accs, *shape, *extra)
+        args = (*[arrays[k] for k in plain], *[arrays[n_in + k] for k in kept], *accs, *shape,
+                *extra)
         if loaded:
             if chunking is None:
                 jit(*args)
@@ -328,3 +422,63 @@ def window(view: np.ndarray, parent: np.ndarray, index: tuple, shape: tuple):
     if axis != len(shape) or dims[-1] != len(shape) - 1:
         return None
     return tuple(dims), tuple(offsets)
+
+
+# Inputs that are strided views known when the kernel is compiled are read through flat
+# arrays (see print_numba's `strided`): a loop over an 'A' array does not vectorize.
+STRIDED_INPUTS = True
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
+
+
+def strided_inputs(expr: FusedExpr, arrays, shared=None):
+    """print_numba's `strided` for the inputs among `arrays` (None where unknown) that are
+    strided views whose innermost iteration step is 0 or 1 element, with the kernel's extra
+    arguments: the groups' flat arrays (one per base array: the memory from the group's
+    first element to its last, a C-contiguous 1-D view) and each input's offset in its
+    group and element strides along the outer iteration axes. An input some output
+    overwrites stays as it is (({}, [], []) when none qualifies)."""
+    shape = expr.shape
+    if not STRIDED_INPUTS or not shape:
+        return {}, [], []
+    written = set((shared or {}).values())
+    found: dict = {}  # root id -> [(input, array, element strides)]
+    for k, ((_, in_shape), a) in enumerate(zip(expr.inputs, arrays)):
+        if k in written or not isinstance(a, np.ndarray) or a.flags.c_contiguous or \
+                tuple(a.shape) != tuple(in_shape) or a.dtype.hasobject:
+            continue
+        size = a.itemsize
+        if any(st < 0 or st % size for st in a.strides):
+            continue
+        steps = [0] * len(shape)  # 0 along broadcast and missing axes
+        lead = len(shape) - len(in_shape)
+        for i, (n, st) in enumerate(zip(in_shape, a.strides)):
+            steps[lead + i] = st // size if n != 1 else 0
+        root = _root(a)
+        if steps[-1] not in (0, 1) or not (root.flags.c_contiguous or root.flags.f_contiguous):
+            continue
+        found.setdefault((id(root), a.dtype.str), []).append((k, a, steps))
+    strided, groups, places = {}, [], []
+    for members in found.values():
+        root = _root(members[0][1])
+        size = members[0][1].itemsize
+        start = root.__array_interface__["data"][0]
+        first = [m[1].__array_interface__["data"][0] for m in members]
+        last = [p + sum((n - 1) * st for n, st in zip(a.shape, a.strides))
+                for p, (_, a, _) in zip(first, members)]
+        lo, hi = min(first), max(last) + size
+        if any((p - lo) % size for p in first):
+            continue
+        flat = (root if root.flags.c_contiguous else root.T).reshape(-1).view(np.uint8)
+        flat = flat[lo - start:hi - start].view(members[0][1].dtype)
+        g = len(groups)
+        groups.append(flat)
+        for (k, a, steps), p in zip(members, first):
+            strided[k] = (g, steps[-1])
+            places.append((k, [(p - lo) // size] + steps[:-1]))
+    flat_places = [v for _, vs in sorted(places) for v in vs]
+    return strided, groups, flat_places
