@@ -53,8 +53,9 @@ def _sigmoid64(x):
 
 
 REFERENCE = {"exp": np.exp, "tanh": np.tanh, "sigmoid": _sigmoid64}
-# max error in ulps (float32 spacing at the float64 result) where the result is a normal float
-MAX_ULP = {"exp": 1.5, "tanh": 6.0, "sigmoid": 3.0}
+# max error in ulps (float32 spacing at the float64 result) where the result is a normal
+# float
+MAX_ULP = {"exp": 1.5, "tanh": 6.5, "sigmoid": 3.0}  # tanh: 5.3 measured with FMA, 6.2 without
 
 
 def _samples() -> np.ndarray:
@@ -208,3 +209,27 @@ def test_strided_inputs_read_through_flat_arrays(rng):
     out = np.empty(shape, np.float32)
     kernel(a, b, c, out)
     np.testing.assert_allclose(out, np.tanh(a * b + 0.5), rtol=1e-6, atol=1e-6)
+
+
+def test_a_staged_update_written_over_its_input_reads_the_old_values(monkeypatch, rng):
+    """An update written in place over the parameter it reads in several stages: the
+    store comes after every stage has read the old value."""
+    import graphc as gc
+    monkeypatch.setattr(numba_printer, "MIN_ELEMENTS", 0)
+    monkeypatch.setattr(numba_printer, "STAGE_BLOCK", 128)
+    start = rng.normal(size=(5, 300)).astype(np.float32)
+    results = []
+    for vmath in (True, False):
+        monkeypatch.setattr(numba_printer, "VMATH", vmath)
+        w = gc.parameter(f"w{int(vmath)}", value=start.copy())
+        step = gc.sigmoid(gc.tanh(gc.sigmoid(gc.tanh(w * 2.0) + w) * 1.5) - w)
+        fn = gc.compile([gc.sum(w * 1.0)], updates={w: w - 0.1 * step + w * w})
+        for _ in range(3):
+            fn()
+        results.append(w.value.copy())
+        if vmath:
+            bound, run = next(iter(fn._compiled.values()))[:2]
+            sources = [v.source for k, v in run.__globals__.items()
+                       if k.startswith("F") and hasattr(v, "source")]
+            assert any("for jb in range(0, n1, 128):" in s for s in sources), sources
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)

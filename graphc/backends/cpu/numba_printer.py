@@ -194,6 +194,7 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
             continue
         body.append((j, f"t{j} = {scalar_code(ins, j, args, consts)}"))
     idx = "[" + ", ".join(loop_vars) + "]" if shape else "[()]"
+    late: set = set()  # stores over an input: in stages, after every stage has read it
     for k, (_, j) in enumerate(expr.outputs):
         if k in windows:
             dims = windows[k]
@@ -209,6 +210,8 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
                 body.append((j, f"ro{k}[j{inner}] = t{j}"))
             continue
         body.append((j, f"{f'i{shared[k]}' if k in shared else f'o{k}'}{idx} = t{j}"))
+        if k in shared:
+            late.add(body[-1][1])
     # A reduction over the innermost axes sums into a local float64 (a register) across
     # that run of loops and adds the sum to its accumulator once after them: summed in
     # memory, every element's add waits for the previous store (3.9 -> 0.9 ms for a ReLU
@@ -240,11 +243,12 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
               f"def kernel({', '.join(params)}):"]
     lines += ["    " + b for b in loads.get(-1, [])]
 
-    stages = _stages(expr, live, body) if use_vmath and shape and not parallel and \
+    stages = _stages(expr, live, body, late) if use_vmath and shape and not parallel and \
         not one_loop(expr, live) else None
     if stages:
-        lines.extend(f"    bt{j} = np.empty({STAGE_BLOCK}, np.{np.dtype(expr.instrs[j].dtype).name})"
-                     for j in sorted({j for _, _, kept in stages for j in kept}))
+        for j in sorted({j for _, _, kept in stages for j in kept}):
+            lines.append(f"    bt{j} = np.empty({STAGE_BLOCK}, "
+                         f"np.{np.dtype(expr.instrs[j].dtype).name})")
 
     def nest(d: int, indent: str) -> None:
         if d == len(shape):
@@ -291,14 +295,15 @@ def print_numba(expr: FusedExpr, shared=None, parallel: bool = False,
     return "\n".join(lines) + "\n", consts
 
 
-def _stages(expr: FusedExpr, live, body) -> list:
+def _stages(expr: FusedExpr, live, body, late=()) -> list:
     """The innermost loop's body split where one vmath function waits for another: stage
     s holds the instructions with s vmath functions on their longest chain (those before
     any in stage 0), with their stores; the sums into locals come last, in a stage of
-    their own (measured a little faster than in their value's stage). Each stage becomes
-    its own loop over a block of STAGE_BLOCK elements, so no loop has a chain of dependent
-    functions whose latency would leave it waiting (see VMATH); values later stages read
-    go through rows bt{j} of the block. [(inputs it reads, values of earlier stages it
+    their own (measured a little faster than in their value's stage), and so do the
+    `late` lines (stores over an input, which a later stage may still read). Each stage
+    becomes its own loop over a block of STAGE_BLOCK elements, so no loop has a chain of
+    dependent functions whose latency would leave it waiting (see VMATH); values later
+    stages read go through rows bt{j} of the block. [(inputs it reads, values of earlier stages it
     reads), its lines, its values later stages read] per stage."""
     level = _levels(expr, live)
     n = max(level.values(), default=0) + 2  # the last: the sums
@@ -307,7 +312,7 @@ def _stages(expr: FusedExpr, live, body) -> list:
     vals_read: list = [set() for _ in range(n)]
     kept: list = [set() for _ in range(n)]
     for j, line in body:
-        if "sum_add(" in line:  # sums in a last stage of their own
+        if "sum_add(" in line or line in late:  # in a last stage of their own
             lines[-1].append(line)
             vals_read[-1].add(j)
             kept[level[j]].add(j)

@@ -5,20 +5,28 @@ calls, which keep a loop scalar).
 
 Every function is `inline='always'` (Numba inlines it into the kernel before LLVM sees the
 loop) and has no branch that LLVM could not turn into a select: both sides are computed and
-one is kept. Errors against float64 (tests/test_cpu_vmath.py samples every 61st float32 bit
-pattern, both signs, denormals, +-inf and NaN): exp at most 2 ulp over its finite range,
-tanh at most 2 ulp, sigmoid at most 3 ulp while its result is a normal float; denormal
-results (exp(x) for x < -87.3, sigmoid(x) for x < -87.3) are within a few of the smallest
-denormal steps. NaN propagates; exp(+inf) = inf, exp(-inf) = 0, tanh(+-inf) = +-1,
-sigmoid(+inf) = 1, sigmoid(-inf) = 0, tanh(-0.0) = -0.0.
+one is kept. Errors against float64 NumPy (measured over every 61st float32 bit pattern,
+both signs, with denormals, +-inf and NaN; tests/test_cpu_vmath.py checks every 997th and
+dense sweeps): exp at most 1.0 ulp, tanh at most 5.3 ulp (mean 0.04; the two polynomials'
+rounding, 3.4 ulp within [-1, 1]), sigmoid at most 2.7 ulp, wherever the result is a normal
+float; results in the denormal range (exp and sigmoid below x = -87.3) within one denormal
+step. NaN propagates; exp(+inf) = inf, exp(x > 88.72) = inf, exp(-inf) = 0,
+tanh(+-inf) = +-1, |tanh| <= 1, sigmoid(+inf) = 1, sigmoid(-inf) = 0, tanh(-0.0) = -0.0.
+In-cache speed on the machine they were written on (AVX-512, one core): exp 0.23 ns per
+element (np.exp 0.53), tanh 0.19-0.29 (np.tanh 0.19-0.25), sigmoid 0.30 (NumPy's
+tanh-based four passes 0.37-0.54).
 
-- exp(x): n = round(x / ln 2), r = x - n ln 2 in two parts (Cody-Waite: n * LN2_HI is exact),
-  exp(r) = 1 + r + r^2 R(r) with R of degree 4, times 2^n built as two powers of two (each
-  exponent field within the normal range), so exp(88.7) is finite, exp(89) is inf and
-  results down to the denormals come out of two exact scalings.
+- exp(x): n = round(x / ln 2) (by adding and subtracting 1.5 * 2^23: no integer
+  conversion, so NaN flows through), r = x - n ln 2 in two parts (Cody-Waite: n * LN2_HI
+  is exact), exp(r) = 1 + r + r^2 R(r) with R of degree 4, times 2^n built as two powers
+  of two (each exponent field within the normal range), so exp(88.7) is finite, exp(89)
+  is inf and results down to the denormals come out of two scalings.
 - tanh(x): x P(x^2) / Q(x^2), P and Q of degree 4, on x clamped to [-CLAMP, CLAMP] (float32
   tanh is +-1 beyond 9.02); odd, so tanh(-0.0) = -0.0 and tiny x give x.
-- sigmoid(x) = 1 / (1 + exp(-x)): exp(-x) = inf gives 0 (its limit), not NaN.
+- sigmoid(x) = 1 / (1 + e) for x >= 0, e / (1 + e) below, e = exp(-|x|) (never overflows:
+  results down into the denormals are right).
+Polynomials are evaluated with LLVM's fmuladd (one rounding per step where the CPU has an
+FMA).
 
 The coefficients are our own fits (fit_coefficients() below recomputes them with NumPy's
 Chebyshev tools and weighted least squares on the relative error). The kernel printer names
