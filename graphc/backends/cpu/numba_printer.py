@@ -450,8 +450,8 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
         for acc, _, _ in reds:
             acc[...] = 0.0
             accs.append(acc)
-        args = (*[arrays[k] for k in plain], *[arrays[n_in + k] for k in kept], *accs, *shape,
-                *extra)
+        ins = arrays[:n_in] if not strided else [arrays[k] for k in plain]
+        args = (*ins, *[arrays[n_in + k] for k in kept], *accs, *shape, *extra)
         if loaded:
             if chunking is None:
                 jit(*args)
