@@ -47,9 +47,9 @@ MIN_ELEMENTS = 1 << 14
 # where NumPy's one pass per op over a tile is bound by throughput; so such a group's
 # innermost loop runs in blocks of STAGE_BLOCK elements, one loop per stage of the chain
 # (see _stages and one_loop). Measured in one process, over 1M floats (64 x 512), time
-# against NumPy's: the elementwise workload's chain prefixes of 1 to 7 functions 0.71 to
-# 0.52 (0.80 to 0.52) in stages (in one loop: 0.57 at one function, 1.02 (1.21) at three),
-# with their gradients 0.35 to 0.46 (0.55 to 0.43); the LSTM's gate kernel (five
+# against NumPy's: the elementwise workload's chain prefixes of 1 to 7 functions 0.57 to
+# 0.71 (0.52 to 0.80) in stages (in one loop: 0.57 (0.80) at one function, 1.02 (1.21) at
+# three), with their gradients 0.35 to 0.55 (0.43 to 0.55); the LSTM's gate kernel (five
 # functions, two deep) 0.55 in one loop, 0.61 in stages.
 VMATH = True
 STAGE_BLOCK = 2048
