@@ -117,6 +117,10 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
         mms = [t.inputs[0] if outer else t for t in group]
         if len(mms) < 2 or len({(m.dtype, m.shape) for m in mms}) != 1:
             continue
+        # in the order the forward pass made the steps (backprop meets them last first):
+        # the stacked step gradients then lie as the steps' own scatter holds them, and the
+        # stack can be a slice of it (passes/stacks.py) instead of a second copy
+        mms.sort(key=lambda m: _forward_id(m.inputs[0]))
         lhs = [m.inputs[0] for m in mms]
         if all(is_t(a) for a in lhs):
             a = _stack_rows([a.inputs[0] for a in lhs])
@@ -132,6 +136,13 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
         kept = [t for t in terms if not any(t is g for g in group)]
         terms = kept + [transpose(merged) if outer else merged]
     return terms
+
+
+def _forward_id(a: Tensor) -> int:
+    """The creation index of a product's left operand, through the transpose backprop adds."""
+    if a.op.name == "transpose" and a.attrs["axes"] == (1, 0):
+        a = a.inputs[0]
+    return a.id
 
 
 def _stack_rows(xs: list[Tensor]) -> Tensor | None:

@@ -105,7 +105,7 @@ def test_theano_update_semantics_survive_in_place_writes():
 def _unstacked(monkeypatch):
     """Plans made from here on stack no concat (the reference they must equal)."""
     from graphc.schedule import memory_plan
-    monkeypatch.setattr(memory_plan, "_stacked_pieces", lambda *a, **k: ({}, {}))
+    monkeypatch.setattr(memory_plan, "_stacked_pieces", lambda *a, **k: ({}, {}, {}))
 
 
 def _lstm_grads(seed=0, T=6, B=4, I=3, H=8, dtype="float32"):
@@ -129,19 +129,34 @@ def test_backprop_through_time_concats_are_stacked_in_place(monkeypatch):
     fn, got = _lstm_grads()
     bp, mem = fn.plan, fn.plan.memory
     concats = _concat_kernels(bp)
-    assert len(concats) == 2 and mem.stacked == {bp.kernels[i].outputs[0] for i in concats}
+    # the gradient of the stacked input projection: one scatter of every step's gate
+    # gradients at its row, stacked like a concat of them
+    rows = [i for i, k in enumerate(bp.kernels) if k.kind == "op"
+            and k.ops == ["scatter_slices"] and len(bp.shapes[k.outputs[0]]) == 3]
+    assert len(concats) == 2 and len(rows) == 1
+    assert mem.stacked == {bp.kernels[i].outputs[0] for i in concats + rows}
     source = next(iter(fn._compiled.values()))[1].source  # the generated step
-    assert not any(f"K{i}(" in source for i in concats)  # no concat kernel runs
+    assert not any(f"K{i}(" in source for i in concats + rows)  # no concat or scatter runs
+    scatter = bp.kernels[rows[0]]
+    pieces = [s for s in scatter.inputs if bp.shapes[s] == bp.shapes[scatter.outputs[0]][1:]]
+    step = _piece_bytes(bp, pieces[0])
+    assert sorted(mem.offsets[p] - mem.offsets[scatter.outputs[0]] for p in pieces) == \
+        [j * step for j in range(6)]
     viewed = {k.outputs[0]: k.inputs[0] for k in bp.kernels if k.kind == "view"}
     for i in concats:  # every piece lies at its position in the concat's buffer
         out, ins = bp.kernels[i].outputs[0], bp.kernels[i].inputs
         pieces = [viewed[v] for v in ins]  # the concat reads expand_dims views of them
-        assert all(mem.in_stack[p] == out for p in pieces)
+        # the recurrent weight's stack of steps 1..5 is rows 1..5 of the scatter's buffer
+        assert all(mem.in_stack[p] == mem.within.get(out, out) for p in pieces)
         step = _piece_bytes(bp, pieces[0])
         assert [mem.offsets[p] - mem.offsets[out] for p in pieces] == \
             [j * step for j in range(len(pieces))]
+    assert list(mem.within.values()) == [scatter.outputs[0]]
+    (sub, _), = mem.within.items()
+    assert mem.offsets[sub] - mem.offsets[scatter.outputs[0]] == _piece_bytes(bp, sub) // 5
     text = str(fn.plan)
     assert text.count("concat (in place)") == 2 and "2 concat(s) stacked in place" in text
+    assert f"%{sub} in %{scatter.outputs[0]} at +" in text
     assert mem.lower_bound <= mem.arena_bytes < mem.naive_bytes
     _unstacked(monkeypatch)
     ref_fn, want = _lstm_grads()
@@ -173,7 +188,7 @@ def test_backprop_through_time_in_place_matches_finite_differences(rng, monkeypa
     loss = gc.sum(gc.square(layer(x)[-1]))
     check_grads(loss, [x] + layer.parameters(), {x: rng.normal(size=(4, 2, 2))},
                 rtol=1e-5, atol=1e-7)
-    assert any(placed for placed, _ in made)
+    assert any(placed[0] for placed in made)
 
 
 def test_sgd_training_with_stacked_concats_follows_the_unstacked_trajectory(monkeypatch):
@@ -192,7 +207,8 @@ def test_sgd_training_with_stacked_concats_follows_the_unstacked_trajectory(monk
             losses = [float(step(x=xb, y=yb)) for _ in range(4)]
             return losses, [p.value for p in lstm.parameters() + dense.parameters()], step
     losses, params, step = train()
-    assert len(step.plan.memory.stacked) == 2
+    # the hidden states' and the gate gradients' concats, and the projection's row scatter
+    assert len(step.plan.memory.stacked) == 3 and len(step.plan.memory.within) == 1
     _unstacked(monkeypatch)
     ref_losses, ref_params, _ = train()
     np.testing.assert_array_equal(losses, ref_losses)
@@ -272,9 +288,12 @@ def _check_sliced(fn):
     for p, (out, index) in mem.placed.items():
         assert out in mem.sliced and p not in mem.offsets and p not in mem.inplace
         assert p not in mem.inplace.values()
+    # a scatter of whole rows (the stacked projection's gradient) is stacked, not sliced
+    rows = [i for i in _scatters(bp) if bp.kernels[i].outputs[0] in mem.stacked]
+    assert not any(f"K{i}(" in source for i in rows)
     text = str(bp)
-    assert text.count("scatter_slices (in place)") == len(sliced)
-    assert f"{len(sliced)} scatter(s) sliced in place" in text
+    assert text.count("scatter_slices (in place)") == len(sliced) + len(rows)
+    assert f"{len(sliced) + len(rows)} scatter(s) sliced in place" in text
     return sliced, ns
 
 
@@ -375,3 +394,69 @@ def test_sliced_pieces_at_a_fixed_index_write_rows_of_their_output(rng):
     x64 = xv.astype(np.float64)
     want = np.stack([x64[:, 1] ** 2 - 2, x64[:, 0] * 3 + 1], axis=1) * 1.5
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# --- scatters of whole rows stacked, concats of a run of their pieces inside them ----------
+def _rows_graph(xv):
+    """Four tanh pieces scattered as the rows of a (4, N, D) tensor, and a concat of pieces
+    1..3 (the shape backprop through time gives the projection's gradient and the recurrent
+    weight's stack); both read by sums. Returns the results and the plan."""
+    from graphc.ops.shape_ops import _encode_index, scatter_slices
+    with gc.Graph("rows"):
+        x = gc.placeholder("x", (None, xv.shape[1]))
+        ps = [gc.tanh(x * float(i + 1)) for i in range(4)]
+        like = gc.concat([gc.expand_dims(x, 0)] * 4, axis=0)
+        rows = scatter_slices(like, ps[::-1], [_encode_index((3 - i,), 3) for i in range(4)])
+        run = gc.concat([gc.expand_dims(p, 0) for p in ps[1:]], axis=0)
+        fn = gc.compile([gc.sum(rows * rows, axis=0), gc.sum(run, axis=(1, 2))])
+        return fn(x=xv), fn.plan
+
+
+def test_row_scatter_is_a_stack_and_a_run_of_its_pieces_lies_inside_it(rng, monkeypatch):
+    xv = rng.normal(size=(4, 16)).astype(np.float32)
+    got, bp = _rows_graph(xv)
+    mem = bp.memory
+    scatter = next(k.outputs[0] for k in bp.kernels if k.ops == ["scatter_slices"])
+    concat = next(k.outputs[0] for k in bp.kernels if k.ops == ["concat"]
+                  and bp.shapes[k.outputs[0]] == (3, 4, 16))
+    assert {scatter, concat} <= mem.stacked and mem.within == {concat: scatter}
+    row = 4 * 16 * 4
+    assert mem.offsets[concat] == mem.offsets[scatter] + row  # rows 1..3 of the scatter
+    text = str(bp)
+    assert "scatter_slices (in place)" in text and f"%{concat} in %{scatter} at +{row}" in text
+    p = np.stack([np.tanh(xv.astype(np.float64) * (i + 1)) for i in range(4)])
+    np.testing.assert_allclose(got[0], (p * p).sum(0), rtol=1e-5)
+    np.testing.assert_allclose(got[1], p[1:].sum((1, 2)), rtol=1e-5)
+    _unstacked(monkeypatch)
+    want, ref = _rows_graph(xv)
+    assert not ref.memory.stacked and not ref.memory.within
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_stack_takes_the_place_of_a_big_buffer_dead_before_it(monkeypatch):
+    """The LSTM's gate-gradient stack, allocated when its first piece is made, would find
+    the projection's freed range nibbled by small buffers; allocated right after that
+    death, the arena is smaller."""
+    from graphc.schedule import memory_plan
+
+    def arena():
+        rng = np.random.default_rng(5)
+        with gc.Graph("early"):
+            gc.nn.seed(5)
+            lstm, dense = gc.nn.LSTM(8, 32), gc.nn.Dense(32, 10)
+            x = gc.placeholder("x", (8, None, 8))
+            y = gc.placeholder("y", (None,), dtype="int32")
+            _, (h, _) = lstm.run(x)
+            step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
+                              optimizer=gc.optim.SGD(lr=0.5))
+            xb = rng.normal(size=(8, 16, 8)).astype(np.float32)
+            yb = rng.integers(0, 10, size=16).astype(np.int32)
+            losses = [step(x=xb, y=yb) for _ in range(3)]
+            return step.plan.memory, losses + [p.value for p in lstm.parameters()]
+    mem, got = arena()
+    monkeypatch.setattr(memory_plan, "_early_stacks", lambda stacked, *a: dict(stacked))
+    late, want = arena()
+    assert mem.arena_bytes < late.arena_bytes and mem.lower_bound <= mem.arena_bytes
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)

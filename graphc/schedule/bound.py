@@ -26,7 +26,11 @@ class BoundPlan:
         from .expr import build_expr
         mem = self.memory
         n_fused = sum(1 for k in self.kernels if k.kind in ("fused", "gemm"))
-        n_stacked, n_sliced = len(mem.stacked), len(mem.sliced)
+        # a scatter whose pieces are whole rows is stacked like a concat: counted a scatter
+        scatters = {k.outputs[0] for k in self.kernels
+                    if k.kind == "op" and k.ops == ["scatter_slices"]}
+        n_stacked = len(mem.stacked - scatters)
+        n_sliced = len(mem.sliced) + len(mem.stacked & scatters)
         n_ops = sum(1 for k in self.kernels if k.kind == "op") - n_stacked - n_sliced
         stacked = f", {n_stacked} concat(s) stacked in place" if n_stacked else ""
         stacked += f", {n_sliced} scatter(s) sliced in place" if n_sliced else ""
@@ -157,6 +161,9 @@ class BoundPlan:
             elif s in mem.placed:  # a strided view of its scatter's output
                 out, _ = mem.placed[s]
                 spots.append(f"%{s} in %{out}[{self._slice_of(s)}]")
+            elif s in mem.within:  # a run of another stack's pieces: a range of its bytes
+                stack = mem.within[s]
+                spots.append(f"%{s} in %{stack} at +{mem.offsets[s] - mem.offsets[stack]}")
             elif s in mem.in_stack:
                 stack = mem.in_stack[s]
                 spots.append(f"%{s} in %{stack} at +{mem.offsets[s] - mem.offsets[stack]}")

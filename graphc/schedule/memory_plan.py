@@ -41,6 +41,9 @@ class MemoryPlan:
     # executors run no kernel for them (see _stacked_pieces)
     stacked: set = field(default_factory=set)
     in_stack: dict = field(default_factory=dict)  # piece slot -> the concat output holding it
+    # concats of a run of another stack's pieces, in its order: a range of that stack's
+    # bytes (stacked too: no kernel runs); concat output -> the stack holding it
+    within: dict = field(default_factory=dict)
     # scatter_slices outputs whose pieces are views of their buffer (no offset: strided),
     # written there by their producers: the executor runs no kernel for them
     # (see _sliced_pieces)
@@ -160,8 +163,8 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
     for out, first in sliced_at.items():  # it lives from its first piece's producer on
         scatter = next(i for i, k in enumerate(kernels) if out in k.outputs)
         last[out] = max(last.get(out, scatter), scatter)
-    pieces, stack_at = _stacked_pieces(kernels, plan, shapes, base, size, dtypes, align,
-                                       placed | set(sliced_pieces), donor_later)
+    pieces, stack_at, within = _stacked_pieces(kernels, plan, shapes, base, size, dtypes,
+                                               align, placed | set(sliced_pieces), donor_later)
     stacked: dict[int, int] = {}  # concat output -> the kernel index where it is allocated
     for out, first in stack_at.items():
         # a piece that is itself a sliced scatter's output: its pieces come earlier
@@ -171,71 +174,109 @@ def plan_memory(kernels, plan, shapes: list, inplace_ok=None,
         # the stack lives until the last reader of the concat's result and of every piece
         last[out] = max([last.get(out, first)] + [last.get(p, first) for p, (o, _) in
                                                   pieces.items() if o == out])
-    arena = _Arena(align)
-    offsets: dict[int, int] = {}
-    inplace: dict[int, int] = {}
-    alive: set[int] = set()
-    born: dict[int, int] = {}
-    buckets: dict[int, int] = {}
-    bucket_end: dict[int, tuple] = {}  # bucket index -> (last reader of its means, bytes)
-    for i, k in enumerate(kernels):
-        for b in alloc_at.get(i, ()):  # the flat buffer lives until its means are read
-            buckets[b.index] = arena.alloc(b.nbytes)
-            bucket_end[b.index] = (max([i] + [last.get(r, i) for r in b.reduced]), b.nbytes)
-        if k.kind == "allreduce_wait":
-            b = k.bucket
-            for r, off in zip(b.reduced, b.offsets):
-                offsets[r] = buckets[b.index] + off * b.dtype.itemsize
-        for j, (end_at, nb) in list(bucket_end.items()):
-            if end_at < i:
-                arena.release(buckets[j], nb)
-                del bucket_end[j]
-        for s in [s for s, first in stacked.items() if first == i]:
-            offsets[s] = arena.alloc(size[s])  # the whole stack, at its first piece's producer
-            born[s] = i
-            alive.add(s)
-        for s in [s for s, first in sliced_at.items() if first == i and s not in pieces]:
-            offsets[s] = arena.alloc(size[s])  # a sliced scatter's output, at its first
-            born[s] = i                        # piece's producer (a stacked one: its stack)
-            alive.add(s)
-        if k.kind in ("view", "alias", "const", "allreduce_start", "allreduce_wait"):
-            continue
-        for out in k.outputs:
-            if out in param_writes or out in leaves or out in external or out in stacked:
+    for sub, (out, _) in within.items():  # the stack lives as long as its sub-stacks' readers
+        last[out] = max(last[out], last.get(sub, stacked[out]))
+
+    def allocate(stacked: dict):
+        """The arena walk: offsets for every buffer, stacks allocated at `stacked`'s
+        kernel indices."""
+        arena = _Arena(align)
+        offsets: dict[int, int] = {}
+        inplace: dict[int, int] = {}
+        alive: set[int] = set()
+        born: dict[int, int] = {}
+        buckets: dict[int, int] = {}
+        bucket_end: dict[int, tuple] = {}  # bucket index -> (last reader of its means, bytes)
+        for i, k in enumerate(kernels):
+            for b in alloc_at.get(i, ()):  # the flat buffer lives until its means are read
+                buckets[b.index] = arena.alloc(b.nbytes)
+                bucket_end[b.index] = (max([i] + [last.get(r, i) for r in b.reduced]), b.nbytes)
+            if k.kind == "allreduce_wait":
+                b = k.bucket
+                for r, off in zip(b.reduced, b.offsets):
+                    offsets[r] = buckets[b.index] + off * b.dtype.itemsize
+            for j, (end_at, nb) in list(bucket_end.items()):
+                if end_at < i:
+                    arena.release(buckets[j], nb)
+                    del bucket_end[j]
+            for s in [s for s, at in stacked.items() if at == i]:
+                offsets[s] = arena.alloc(size[s])  # the whole stack, at its first piece's producer
+                born[s] = i
+                alive.add(s)
+                for sub, (o, off) in within.items():
+                    if o == s:
+                        offsets[sub] = offsets[s] + off
+            for s in [s for s, first in sliced_at.items() if first == i and s not in pieces]:
+                offsets[s] = arena.alloc(size[s])  # a sliced scatter's output, at its first
+                born[s] = i                        # piece's producer (a stacked one: its stack)
+                alive.add(s)
+            if k.kind in ("view", "alias", "const", "allreduce_start", "allreduce_wait"):
                 continue
-            if out in sliced_pieces:  # a view of its scatter's output: no bytes of its own
-                continue
-            if out in pieces:  # written straight into its place in the stacked concat
-                s, off = pieces[out]
-                offsets[out] = offsets[s] + off
-                continue
-            if out in sliced_at:  # allocated at its first piece's producer already
-                continue
-            if out in resident:  # a gradient computed straight into its bucket
-                b, off = resident[out]
-                offsets[out] = buckets[b.index] + off * b.dtype.itemsize
-                continue
-            born[out] = i
-            donor = None
-            if k.kind == "fused" and (inplace_ok is None or inplace_ok(k)):
-                donor = next((s for s in k.inputs if s in alive and last.get(s) == i
-                              and s not in stacked  # the pieces' bytes lie in it
-                              and may_donate(k, s, out)), None)
-            if donor is not None:
-                offsets[out] = offsets[donor]
-                inplace[out] = donor
-                alive.remove(donor)
-            else:
-                offsets[out] = arena.alloc(size[out])
-            alive.add(out)
-        for s in [s for s in alive if last.get(s, i) <= i]:
-            arena.release(offsets[s], size[s])
-            alive.remove(s)
+            for out in k.outputs:
+                if out in param_writes or out in leaves or out in external or out in stacked \
+                        or out in within:
+                    continue
+                if out in sliced_pieces:  # a view of its scatter's output: no bytes of its own
+                    continue
+                if out in pieces:  # written straight into its place in the stacked concat
+                    s, off = pieces[out]
+                    offsets[out] = offsets[s] + off
+                    continue
+                if out in sliced_at:  # allocated at its first piece's producer already
+                    continue
+                if out in resident:  # a gradient computed straight into its bucket
+                    b, off = resident[out]
+                    offsets[out] = buckets[b.index] + off * b.dtype.itemsize
+                    continue
+                born[out] = i
+                donor = None
+                if k.kind == "fused" and (inplace_ok is None or inplace_ok(k)):
+                    donor = next((s for s in k.inputs if s in alive and last.get(s) == i
+                                  and s not in stacked  # the pieces' bytes lie in it
+                                  and may_donate(k, s, out)), None)
+                if donor is not None:
+                    offsets[out] = offsets[donor]
+                    inplace[out] = donor
+                    alive.remove(donor)
+                else:
+                    offsets[out] = arena.alloc(size[out])
+                alive.add(out)
+            for s in [s for s in alive if last.get(s, i) <= i]:
+                arena.release(offsets[s], size[s])
+                alive.remove(s)
+        return arena, offsets, inplace, born, buckets
+
+    arena, offsets, inplace, born, buckets = allocate(stacked)
+    early = _early_stacks(stacked, kernels, last, size, leaves | external | set(param_writes)
+                          | set(stacked) | set(within) | set(pieces) | set(sliced_at)
+                          | set(sliced_pieces) | set(resident))
+    if early != stacked:
+        # A stack allocated when its first piece is made finds the arena's holes already
+        # taken by the small buffers made since the big one it could have reused died (an
+        # LSTM's 32 MB gate-gradient stack, after the forward's projection of the same
+        # size): allocated right after that death instead, if that plans a smaller arena.
+        alt = allocate(early)
+        if alt[0].top < arena.top:
+            arena, offsets, inplace, born, buckets = alt
     lower = _liveness_bound(born, last, size, len(kernels), inplace)
     naive = sum(size[st.slot] for st in plan.steps)
     return MemoryPlan(offsets, arena.top, lower, naive, inplace, param_writes, external,
-                      buckets, {g: b.index for g, (b, _) in resident.items()}, set(stacked),
-                      {p: o for p, (o, _) in pieces.items()}, set(sliced_at), sliced_pieces)
+                      buckets, {g: b.index for g, (b, _) in resident.items()},
+                      set(stacked) | set(within), {p: o for p, (o, _) in pieces.items()},
+                      {sub: o for sub, (o, _) in within.items()}, set(sliced_at),
+                      sliced_pieces)
+
+
+def _early_stacks(stacked: dict, kernels, last: dict, size: list, unplain: set) -> dict:
+    """For each stack, the kernel index right after the last death, before its first
+    piece is made, of a plain buffer at least its size (else its own index)."""
+    early = dict(stacked)
+    for out, first in stacked.items():
+        deaths = [last[s] for k in kernels for s in k.outputs
+                  if s not in unplain and size[s] >= size[out] and last.get(s, first) < first]
+        if deaths:
+            early[out] = max(deaths) + 1
+    return early
 
 
 def _producers(kernels) -> tuple[dict, set]:
@@ -305,49 +346,75 @@ _RESHAPING = ("reshape", "reshape_like", "expand_dims")
 
 
 def _stacked_pieces(kernels, plan, shapes, base, size, dtypes, align, excluded: set,
-                    donor_later) -> tuple[dict, dict]:
+                    donor_later) -> tuple[dict, dict, dict]:
     """Concats stacked in place: a concat along an axis whose preceding dimensions are all 1
     (every input one contiguous block of the output), each of whose inputs is a reshaping
     view of (or is) a plain buffer computed by a fused or op kernel -- not an output, an
     update, a leaf, a bucket's resident or `excluded`, in no other concat and not read
     twice by this one, not one a later fused kernel could write over in place
     (`donor_later`) -- at an offset inside the output that is a multiple of `align`.
-    Returns ({piece slot: (concat output, byte offset in it)}, {concat output: kernel index
-    of its first piece's producer, where the stack is allocated})."""
+    A scatter_slices that puts one piece at each index of its first axis (each piece a
+    whole row: backprop's gradient of an RNN's stacked input projection) is such a stack
+    of its pieces in index order. A concat of a run of another stack's pieces, in its
+    order, is a range of that stack's bytes (a sub-stack: backprop's stack of steps
+    1..T-1 for the recurrent weight inside that projection's gradient).
+    Returns ({piece slot: (stack output, byte offset in it)}, {stack output: kernel index
+    of its first piece's producer, where the stack is allocated}, {sub-stack output:
+    (stack output, byte offset in it)})."""
     made, twice = _producers(kernels)
     view_of = {k.outputs[0]: k for k in kernels if k.kind in ("view", "alias")}
     roots = set(plan.outputs) | {s for _, s in plan.updates}
     roots |= {base[s] for s in roots}
     candidates = []
-    seen: dict[int, int] = {}  # piece -> how many concat inputs it is
     for i, k in enumerate(kernels):
-        if k.kind != "op" or len(k.steps) != 1 or k.steps[0].op.name != "concat":
+        if k.kind != "op" or len(k.steps) != 1:
             continue
+        name = k.steps[0].op.name
         out = k.outputs[0]
         shape = tuple(shapes[out])
-        axis = k.steps[0].node.attrs["axis"] % max(len(shape), 1)
-        if out in excluded or out in roots or base[out] != out or out in twice or \
-                any(d != 1 for d in shape[:axis]):
+        if name == "concat":
+            axis = k.steps[0].node.attrs["axis"] % max(len(shape), 1)
+            if any(d != 1 for d in shape[:axis]):
+                continue
+            ins = data_inputs(k.steps[0])
+        elif name == "scatter_slices":
+            ins = _rows_in_order(k.steps[0], shape, shapes)
+            if ins is None:
+                continue
+        else:
             continue
-        ins = data_inputs(k.steps[0])
-        for s in ins:
-            seen[base[s]] = seen.get(base[s], 0) + 1
+        if out in excluded or out in roots or base[out] != out or out in twice:
+            continue
         candidates.append((i, out, ins))
+
+    def reshaped(s, p) -> bool:
+        """Every view between the piece p and the stack's input s reshapes."""
+        v = s
+        while v != p:
+            vk = view_of[v]
+            if not (vk.kind == "alias" or vk.steps[0].op.name in _RESHAPING):
+                return False
+            v = vk.inputs[0]
+        return True
+
+    subs = _sub_stacks(candidates, base)
+    seen: dict[int, int] = {}  # piece -> how many stacks (sub-stacks aside) it is in
+    for _, out, ins in candidates:
+        if out not in subs:
+            for s in ins:
+                seen[base[s]] = seen.get(base[s], 0) + 1
     pieces: dict[int, tuple] = {}
     stack_at: dict[int, int] = {}
     for i, out, ins in candidates:
+        if out in subs:
+            continue
         mine, off = {}, 0
         for s in ins:
             p = base[s]
             ok = (p in made and kernels[made[p]].kind in ("fused", "op") and made[p] < i
                   and p not in twice and p not in excluded and p not in roots
                   and seen.get(p) == 1 and dtypes[p] == dtypes[out] and size[s] == size[p]
-                  and off % align == 0 and not donor_later(p, i))
-            v = s
-            while ok and v != p:  # every view between the piece and the concat reshapes
-                vk = view_of[v]
-                ok = vk.kind == "alias" or vk.steps[0].op.name in _RESHAPING
-                v = vk.inputs[0]
+                  and off % align == 0 and not donor_later(p, i) and reshaped(s, p))
             if not ok:
                 break
             mine[p] = (out, off)
@@ -356,7 +423,56 @@ def _stacked_pieces(kernels, plan, shapes, base, size, dtypes, align, excluded: 
             if mine and off == size[out]:
                 pieces.update(mine)
                 stack_at[out] = min(made[p] for p in mine)
-    return pieces, stack_at
+    within: dict[int, tuple] = {}
+    for i, out, ins in candidates:
+        big = subs.get(out)
+        if big is None or big not in stack_at:
+            continue
+        first = pieces.get(base[ins[0]])
+        if first is not None and first[0] == big and dtypes[out] == dtypes[big] and \
+                all(base[s] in pieces and size[s] == size[base[s]] and reshaped(s, base[s])
+                    for s in ins) and size[out] == sum(size[base[s]] for s in ins):
+            within[out] = (big, first[1])
+    return pieces, stack_at, within
+
+
+def _rows_in_order(step, shape: tuple, shapes) -> list | None:
+    """The pieces of a scatter_slices in the order of the first-axis index each fills
+    whole, when every index 0..n-1 gets exactly one piece of the row's shape; else None."""
+    indices = step.node.attrs["indices"]
+    grads = data_inputs(step)
+    if not shape or len(grads) != len(indices) or len(grads) != shape[0]:
+        return None
+    whole = ("s", None, None, None)
+    at: dict[int, int] = {}
+    for g, code in zip(grads, indices):
+        if len(code) != len(shape) or code[0][0] != "i" or any(c != whole for c in code[1:]):
+            return None
+        k = code[0][1] % shape[0]
+        if k in at or tuple(shapes[g]) != shape[1:]:
+            return None
+        at[k] = g
+    return [at[k] for k in range(shape[0])]
+
+
+def _sub_stacks(candidates: list, base: list) -> dict:
+    """{stack output: bigger stack output} for each candidate whose pieces are a run of a
+    bigger candidate's pieces, in its order (each piece once)."""
+    runs = {out: [base[s] for s in ins] for _, out, ins in candidates}
+    subs = {}
+    for _, out, ins in candidates:
+        mine = runs[out]
+        if len(set(mine)) != len(mine):
+            continue
+        for _, big, _ in candidates:
+            theirs = runs[big]
+            if big == out or len(theirs) <= len(mine) or mine[0] not in theirs:
+                continue
+            at = theirs.index(mine[0])
+            if theirs[at:at + len(mine)] == mine:
+                subs[out] = big
+                break
+    return {out: big for out, big in subs.items() if big not in subs}
 
 
 def _bucket_residents(kernels, plan, base, excluded: set) -> tuple[dict, dict]:
