@@ -119,7 +119,7 @@ def _merge_matmul_terms(terms: list[Tensor]) -> list[Tensor]:
             continue
         # in the order the forward pass made the steps (backprop meets them last first):
         # the stacked step gradients then lie as the steps' own scatter holds them, and the
-        # stack can be a slice of it (passes/stacks.py) instead of a second copy
+        # stack can be a range of it (memory_plan._stacked_pieces) instead of a second copy
         mms.sort(key=lambda m: _forward_id(m.inputs[0]))
         lhs = [m.inputs[0] for m in mms]
         if all(is_t(a) for a in lhs):

@@ -191,21 +191,27 @@ def test_backprop_through_time_in_place_matches_finite_differences(rng, monkeypa
     assert any(placed[0] for placed in made)
 
 
+def _train_lstm(seed, T, B, I, H, classes, steps):
+    """A few SGD steps of an LSTM + Dense + softmax cross-entropy: (losses, parameters,
+    the compiled step)."""
+    rng = np.random.default_rng(seed)
+    with gc.Graph("train"):
+        gc.nn.seed(seed)
+        lstm, dense = gc.nn.LSTM(I, H), gc.nn.Dense(H, classes)
+        x = gc.placeholder("x", (T, None, I))
+        y = gc.placeholder("y", (None,), dtype="int32")
+        _, (h, _) = lstm.run(x)
+        step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
+                          optimizer=gc.optim.SGD(lr=0.5))
+        xb = rng.normal(size=(T, B, I)).astype(np.float32)
+        yb = rng.integers(0, classes, size=B).astype(np.int32)
+        losses = [float(step(x=xb, y=yb)) for _ in range(steps)]
+        return losses, [p.value for p in lstm.parameters() + dense.parameters()], step
+
+
 def test_sgd_training_with_stacked_concats_follows_the_unstacked_trajectory(monkeypatch):
     def train():
-        rng = np.random.default_rng(3)
-        with gc.Graph("train"):
-            gc.nn.seed(3)
-            lstm, dense = gc.nn.LSTM(4, 16), gc.nn.Dense(16, 3)
-            x = gc.placeholder("x", (5, None, 4))
-            y = gc.placeholder("y", (None,), dtype="int32")
-            _, (h, _) = lstm.run(x)
-            step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
-                              optimizer=gc.optim.SGD(lr=0.5))
-            xb = rng.normal(size=(5, 4, 4)).astype(np.float32)
-            yb = rng.integers(0, 3, size=4).astype(np.int32)
-            losses = [float(step(x=xb, y=yb)) for _ in range(4)]
-            return losses, [p.value for p in lstm.parameters() + dense.parameters()], step
+        return _train_lstm(3, T=5, B=4, I=4, H=16, classes=3, steps=4)
     losses, params, step = train()
     # the hidden states' and the gate gradients' concats, and the projection's row scatter
     assert len(step.plan.memory.stacked) == 3 and len(step.plan.memory.within) == 1
@@ -441,19 +447,8 @@ def test_a_stack_takes_the_place_of_a_big_buffer_dead_before_it(monkeypatch):
     from graphc.schedule import memory_plan
 
     def arena():
-        rng = np.random.default_rng(5)
-        with gc.Graph("early"):
-            gc.nn.seed(5)
-            lstm, dense = gc.nn.LSTM(8, 32), gc.nn.Dense(32, 10)
-            x = gc.placeholder("x", (8, None, 8))
-            y = gc.placeholder("y", (None,), dtype="int32")
-            _, (h, _) = lstm.run(x)
-            step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
-                              optimizer=gc.optim.SGD(lr=0.5))
-            xb = rng.normal(size=(8, 16, 8)).astype(np.float32)
-            yb = rng.integers(0, 10, size=16).astype(np.int32)
-            losses = [step(x=xb, y=yb) for _ in range(3)]
-            return step.plan.memory, losses + [p.value for p in lstm.parameters()]
+        losses, params, step = _train_lstm(5, T=8, B=16, I=8, H=32, classes=10, steps=3)
+        return step.plan.memory, losses + params
     mem, got = arena()
     monkeypatch.setattr(memory_plan, "_early_stacks", lambda stacked, *a: dict(stacked))
     late, want = arena()

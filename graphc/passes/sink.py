@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .. import ops
 from ..graph import Tensor, source_scope
+from ..ops.shape_ops import _decode_index
 from .program import Program, rebuild, rewrite
 
 WHOLE = ("s", None, None, None)
@@ -115,10 +116,6 @@ def run(program: Program) -> Program:
         with source_scope(node.source):
             for r in reversed(chain):
                 a = ops.reshape(a, r.attrs["shape"])
-            return ops.getitem(a, _decode(node.attrs["index"])) + b
+            return ops.getitem(a, _decode_index(node.attrs["index"])) + b
 
     return rewrite(program, rule)
-
-
-def _decode(code: tuple) -> tuple:
-    return tuple(slice(c[1], c[2], c[3]) if c[0] == "s" else c[1] for c in code)

@@ -161,11 +161,8 @@ class BoundPlan:
             elif s in mem.placed:  # a strided view of its scatter's output
                 out, _ = mem.placed[s]
                 spots.append(f"%{s} in %{out}[{self._slice_of(s)}]")
-            elif s in mem.within:  # a run of another stack's pieces: a range of its bytes
-                stack = mem.within[s]
-                spots.append(f"%{s} in %{stack} at +{mem.offsets[s] - mem.offsets[stack]}")
-            elif s in mem.in_stack:
-                stack = mem.in_stack[s]
+            elif s in mem.in_stack or s in mem.within:  # a piece, or a run of a stack's
+                stack = mem.in_stack.get(s, mem.within.get(s))  # pieces (a range of it)
                 spots.append(f"%{s} in %{stack} at +{mem.offsets[s] - mem.offsets[stack]}")
             elif s in mem.offsets:
                 spots.append(f"%{s} @{mem.offsets[s]}")

@@ -45,24 +45,20 @@ from numba.extending import intrinsic
 f32 = np.float32
 
 
-@intrinsic
-def _bits_to_float(typingctx, i):
-    """The float32 whose bit pattern is the int32 i (an LLVM bitcast: one register move)."""
-    sig = types.float32(types.int32)
+def _bitcast(src, dst, doc: str):
+    """An intrinsic reinterpreting a `src` scalar's bits as a `dst` (an LLVM bitcast: one
+    register move)."""
+    @intrinsic
+    def cast(typingctx, x):
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
+        return dst(src), codegen
+    cast.__doc__ = doc
+    return cast
 
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return sig, codegen
 
-
-@intrinsic
-def _float_to_bits(typingctx, x):
-    """The int32 bit pattern of the float32 x."""
-    sig = types.int32(types.float32)
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return sig, codegen
+_bits_to_float = _bitcast(types.int32, types.float32, "The float32 whose bit pattern is i.")
+_float_to_bits = _bitcast(types.float32, types.int32, "The int32 bit pattern of x.")
 
 
 @intrinsic
