@@ -142,10 +142,14 @@ class Communicator:
             self._wait_request(self.comm.Ibarrier(), self._begin(what))
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now (MPI_Abort)."""
+        """End every rank of the job now (MPI_Abort on COMM_WORLD)."""
         sys.stdout.flush()
         sys.stderr.flush()
-        self.comm.Abort(code)
+        # On COMM_WORLD the process manager kills every rank. MPICH aborts any other
+        # communicator (our private dup included) by a message each rank only reads while it
+        # is inside an MPI call: a rank stuck elsewhere (sleeping, in a long kernel) would
+        # never see it, and the job would hang.
+        self._MPI.COMM_WORLD.Abort(code)
 
     # --- bounded waiting and diagnosis ---------------------------------------------------
     def _begin(self, what: str) -> tuple[int, str]:
@@ -242,10 +246,15 @@ class Communicator:
         exits or `abort_grace` seconds later, whichever comes first, so no rank hangs."""
         if self.abort_on_error and not self._failed:
             self._failed = True
-            message = f"graphc rank {self.rank}: DistributedError: {error}"
+            # said now, while the process manager still forwards this rank's output: the
+            # abort kills every process, and a line written just before it can be lost
+            print(f"graphc rank {self.rank}: DistributedError: {error}", file=sys.stderr,
+                  flush=True)
 
             def end():
-                print(message, file=sys.stderr, flush=True)
+                print(f"graphc rank {self.rank}: aborting the job (MPI_Abort)",
+                      file=sys.stderr, flush=True)
+                time.sleep(0.2)  # time for mpiexec to forward the lines above
                 self.abort(1)
             atexit.register(end)  # runs before mpi4py's MPI_Finalize (atexit is LIFO)
             if self.abort_grace is not None:

@@ -19,13 +19,12 @@ wrote and read, or the error it ended with. Modes:
 - step: fit over a step compiled with data_parallel (batches split evenly, or refused)."""
 import argparse
 import hashlib
-import json
-import os
 import sys
 
 import numpy as np
 
 import graphc as gc
+from result import write_result  # tests/mpi is this script's sys.path[0]
 
 IN, HIDDEN, OUT = 5, 12, 3
 
@@ -243,8 +242,7 @@ def main() -> None:
         MODES[args.mode](args, comm, result)
     except Exception as e:  # reported: the test checks which rank raised what
         result.update(error=type(e).__name__, message=str(e))
-    with open(os.path.join(args.out, f"rank{comm.rank}.json"), "w") as f:
-        f.write(json.dumps(result))
+    write_result(args.out, result)
     sys.stdout.flush()
 
 

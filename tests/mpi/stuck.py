@@ -6,13 +6,12 @@ The last rank sleeps for an hour; rank 1 joins the allreduce late. A rank that t
 writes the error it raised to DIR/rank<r>.json: it must name only the stuck rank, since
 the others answer while they wait."""
 import argparse
-import json
-import os
 import time
 
 import numpy as np
 
 import graphc as gc
+from result import write_result  # tests/mpi is this script's sys.path[0]
 
 
 def main() -> None:
@@ -31,8 +30,7 @@ def main() -> None:
         result = {"rank": comm.rank, "error": None}
     except gc.DistributedError as e:
         result = {"rank": comm.rank, "error": type(e).__name__, "message": str(e)}
-    with open(os.path.join(args.out, f"rank{comm.rank}.json"), "w") as f:
-        f.write(json.dumps(result))
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
