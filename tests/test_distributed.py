@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import numpy as np
@@ -343,6 +344,27 @@ def test_communicator_collectives_on_one_rank(self_comm):
         c.broadcast(a.T)
     with pytest.raises(gc.DistributedError, match="timeout"):
         gc.distributed.mpi(timeout=0)
+
+
+@needs_mpi4py
+def test_abort_ends_comm_world_not_the_private_communicator():
+    # MPICH aborts a communicator other than COMM_WORLD by a message that a rank reads only
+    # inside an MPI call: a rank stuck elsewhere would never end (a CI run hung on it)
+    from mpi4py import MPI
+    comm = gc.distributed.mpi(MPI.COMM_SELF, timeout=30)
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def Abort(self, code):
+            calls.append((self.name, code))
+
+    comm._MPI = types.SimpleNamespace(COMM_WORLD=Recorder("world"))
+    comm.comm = Recorder("private dup")
+    comm.abort(3)
+    assert calls == [("world", 3)]
 
 
 @needs_mpi4py
