@@ -161,7 +161,19 @@ def test_backprop_through_time_concats_are_stacked_in_place(monkeypatch):
     _unstacked(monkeypatch)
     ref_fn, want = _lstm_grads()
     assert not ref_fn.plan.memory.stacked
-    assert mem.arena_bytes < ref_fn.plan.memory.arena_bytes  # the stack's copy is gone
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stacking_makes_the_lstm_arena_smaller(monkeypatch):
+    # the stacks' copies are gone from the peak; at a few hundred bytes a buffer (the
+    # layout test's size) the arena's alignment decides the peak instead
+    size = dict(T=8, B=16, I=8, H=32)
+    fn, got = _lstm_grads(**size)
+    assert fn.plan.memory.stacked
+    _unstacked(monkeypatch)
+    ref_fn, want = _lstm_grads(**size)
+    assert fn.plan.memory.arena_bytes < ref_fn.plan.memory.arena_bytes
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
 
@@ -191,16 +203,17 @@ def test_backprop_through_time_in_place_matches_finite_differences(rng, monkeypa
     assert any(placed[0] for placed in made)
 
 
-def _train_lstm(seed, T, B, I, H, classes, steps):
-    """A few SGD steps of an LSTM + Dense + softmax cross-entropy: (losses, parameters,
-    the compiled step)."""
+def _train_lstm(seed, T, B, I, H, classes, steps, layer="LSTM"):
+    """A few SGD steps of an LSTM (or another gc.nn recurrent `layer`) + Dense + softmax
+    cross-entropy: (losses, parameters, the compiled step)."""
     rng = np.random.default_rng(seed)
     with gc.Graph("train"):
         gc.nn.seed(seed)
-        lstm, dense = gc.nn.LSTM(I, H), gc.nn.Dense(H, classes)
+        lstm, dense = getattr(gc.nn, layer)(I, H), gc.nn.Dense(H, classes)
         x = gc.placeholder("x", (T, None, I))
         y = gc.placeholder("y", (None,), dtype="int32")
-        _, (h, _) = lstm.run(x)
+        _, state = lstm.run(x)
+        h = state[0] if isinstance(state, tuple) else state
         step = gc.compile(gc.softmax_cross_entropy(dense(h), y),
                           optimizer=gc.optim.SGD(lr=0.5))
         xb = rng.normal(size=(T, B, I)).astype(np.float32)
@@ -441,13 +454,15 @@ def test_row_scatter_is_a_stack_and_a_run_of_its_pieces_lies_inside_it(rng, monk
 
 
 def test_a_stack_takes_the_place_of_a_big_buffer_dead_before_it(monkeypatch):
-    """The LSTM's gate-gradient stack, allocated when its first piece is made, would find
+    """An RNN's stack of step gradients, allocated when its first piece is made, would find
     the projection's freed range nibbled by small buffers; allocated right after that
-    death, the arena is smaller."""
+    death, the arena is smaller (35 against 48 KiB here; 17 against 25 MB for the suite's
+    sizes)."""
     from graphc.schedule import memory_plan
 
     def arena():
-        losses, params, step = _train_lstm(5, T=8, B=16, I=8, H=32, classes=10, steps=3)
+        losses, params, step = _train_lstm(5, T=8, B=16, I=8, H=32, classes=10, steps=3,
+                                           layer="RNN")
         return step.plan.memory, losses + params
     mem, got = arena()
     monkeypatch.setattr(memory_plan, "_early_stacks", lambda stacked, *a: dict(stacked))

@@ -1,45 +1,47 @@
-"""Broadcast adds sunk into the slices that read them (passes stage).
+"""Adds sunk into the slices that read them (passes stage).
 
 An RNN layer adds its bias to the input projection of every step at once, (T*N, G) + (G,),
-and each step then reads its own rows. The add is a whole pass over the stacked projection
-(32 MB for the suite's LSTM) whose result every step reads once; sunk into the steps, each
-step's slice gets its bias inside the elementwise kernel that adds its recurrent product
-anyway, so the pass disappears. Rewritten only when every reader of the add is such a
-slice (a slice's add costs what the whole add cost for its rows, and nothing is computed
-twice), and only for a broadcast operand that lives in dimensions the slices keep whole."""
+each step adds its recurrent product to its rows of that, (N, G) + (N, G), and the gates
+then read column slices of the sum. Each add is a whole pass whose result is read once, in
+slices; sunk into the slices, every gate's kernel adds its own columns of the projection,
+the bias and the product inside the elementwise chain it runs anyway, and the passes
+disappear (two per step of an LSTM). Rewritten only when every reader of the add is a
+basic slice (through reshapes that keep a broadcast operand's dims) and no two slices
+overlap, so nothing is computed more often than before. The
+pass repeats until nothing changes: a sunk add can leave another add read only in slices."""
 from __future__ import annotations
 
 from .. import ops
 from ..graph import Tensor, source_scope
 from ..ops.shape_ops import _decode_index
-from .program import Program, rebuild, rewrite
+from .program import Program, rebuild
 
-WHOLE = ("s", None, None, None)
+_MAX_ROUNDS = 8
 
 
-def _trailing(a: Tensor, b: Tensor, out: Tensor) -> int:
-    """How many trailing dims of `out` the broadcast operand b spans (a is full-size), or 0
-    when b is not a trailing-dimension broadcast (or is full-size itself)."""
-    if a.shape != out.shape or b.ndim == 0 or b.ndim >= out.ndim or None in b.shape:
-        return 0
+def _span(a: Tensor, b: Tensor, out: Tensor) -> int:
+    """How many trailing dims of `out` operand b spans (a is full-size): all of them when b
+    is full-size too, else b's own (a trailing-dimension broadcast), 0 when b is neither."""
+    if a.shape != out.shape or b.ndim == 0 or b.ndim > out.ndim or None in b.shape:
+        return out.ndim if a.shape == b.shape == out.shape and b.ndim else 0
     return b.ndim if tuple(out.shape[-b.ndim:]) == tuple(b.shape) else 0
 
 
 def _keeps(node: Tensor, k: int) -> bool:
-    """Whether a reshape or getitem leaves the last k dims of its input as they are."""
+    """Whether a reshape leaves the last k dims of its input as they are (so a broadcast
+    operand still lines up), or a getitem is a basic slice (ints and slices, every dim)."""
     src = node.inputs[0]
     if node.op.name == "reshape":
         return node.ndim >= k and tuple(node.shape[-k:]) == tuple(src.shape[-k:])
     if node.op.name == "getitem":
         code = node.attrs["index"]
-        return all(c[0] in ("i", "s") for c in code) and len(code) == src.ndim \
-            and all(c == WHOLE for c in code[-k:])
+        return all(c[0] in ("i", "s") for c in code) and len(code) == src.ndim
     return False
 
 
 def _sinkable(program: Program) -> dict:
-    """{id(add): (full operand, broadcast operand)} for the adds every reader of which is a
-    chain of reshapes ending in a getitem, all keeping the broadcast dims whole."""
+    """{id(add): (operand a, operand b)} for the adds every reader of which is a chain of
+    reshapes ending in a basic slice, no two slices overlapping."""
     readers: dict[int, list] = {}
     nodes = program.nodes()
     for n in nodes:
@@ -51,29 +53,57 @@ def _sinkable(program: Program) -> dict:
         if n.op.name != "add" or id(n) in roots or n.shape is None:
             continue
         a, b = n.inputs
-        k = _trailing(a, b, n)
+        k = _span(a, b, n)
         if not k:
             a, b = b, a
-            k = _trailing(a, b, n)
+            k = _span(a, b, n)
         if not k or a.dtype != n.dtype:
             continue
-        if _only_slices(n, k, readers, roots):
+        slices = _slices(n, k, readers, roots)
+        if slices and _disjoint(slices):
             found[id(n)] = (a, b)
     return found
 
 
-def _only_slices(node: Tensor, k: int, readers: dict, roots: set) -> bool:
-    users = readers.get(id(node), [])
-    if not users:
-        return False
-    for u in users:
+def _slices(node: Tensor, k: int, readers: dict, roots: set) -> list | None:
+    """The slices (getitem nodes) that read `node` through reshapes, or None when another
+    kind of reader reads its values (or nothing does)."""
+    out = []
+    for u in readers.get(id(node), []):
         if _shape_only_reader(u, node):
             continue  # reshape_like(g, add) and kin read its shape, which `a` has too
         if id(u) in roots or not _keeps(u, k):
-            return False
-        if u.op.name == "reshape" and not _only_slices(u, k, readers, roots):
-            return False
+            return None
+        inner = _slices(u, k, readers, roots) if u.op.name == "reshape" else [u]
+        if inner is None:
+            return None
+        out += inner
+    return out or None
+
+
+def _disjoint(slices: list) -> bool:
+    """Whether no element is read by two of the slices (all over one shape: the same chain
+    of reshapes), so the sunk adds compute each element at most once, as the add did."""
+    shapes = {tuple(s.inputs[0].shape) for s in slices}
+    if len(shapes) != 1:
+        return False
+    shape = shapes.pop()
+    ranges = [[_dim_range(c, d) for c, d in zip(s.attrs["index"], shape)] for s in slices]
+    for i in range(len(ranges)):
+        for j in range(i + 1, len(ranges)):
+            if not any(r is not None and q is not None and not (r & q)
+                       for r, q in zip(ranges[i], ranges[j])):
+                return False
     return True
+
+
+def _dim_range(code, dim):
+    """The indices one dim's index code takes (a set), None where the dim is unknown."""
+    if dim is None:
+        return None
+    if code[0] == "i":
+        return {code[1] % dim}
+    return set(range(*slice(code[1], code[2], code[3]).indices(dim)))
 
 
 def _shape_only_reader(user: Tensor, node: Tensor) -> bool:
@@ -81,41 +111,53 @@ def _shape_only_reader(user: Tensor, node: Tensor) -> bool:
 
 
 def run(program: Program) -> Program:
-    """Replace slice(reshape*(a + b)) by slice(reshape*(a)) + b where every reader of the add
-    is such a slice."""
-    found = _sinkable(program)
-    if not found:
-        return program
+    """Replace slice(reshape*(a + b)) by slice(reshape*(a)) + (b, sliced alike where it
+    spans the sliced dims) wherever every reader of the add is such a slice."""
+    for _ in range(_MAX_ROUNDS):
+        found = _sinkable(program)
+        if not found:
+            break
+        program = _sink(program, found)
+    return program
 
-    def plain(x: Tensor) -> Tensor:
-        """The add (or a reshape of it) without the broadcast operand: same shape."""
+
+def _sink(program: Program, found: dict) -> Program:
+    """One bottom-up rebuild. Matched over the original nodes (a rebuilt add is a new node,
+    which a rule over rebuilt nodes would no longer recognize), built over the new ones."""
+    done: dict[int, Tensor] = {}
+
+    def pieces(x: Tensor) -> tuple[Tensor, Tensor, bool]:
+        """(a, b, b is full-size) of the add under reshapes, rebuilt, the reshapes applied to
+        a (and to b where it is full-size: a broadcast b lines up with the kept dims)."""
         if id(x) in found:
-            return found[id(x)][0]
-        return ops.reshape(plain(x.inputs[0]), x.attrs["shape"])
+            a, b = (done[id(t)] for t in found[id(x)])
+            return a, b, b.shape == a.shape
+        a, b, full = pieces(x.inputs[0])
+        shape = x.attrs["shape"]
+        return ops.reshape(a, shape), (ops.reshape(b, shape) if full else b), full
 
     def over_add(x: Tensor) -> bool:
         while x.op.name == "reshape":
             x = x.inputs[0]
         return id(x) in found
 
-    def rule(node: Tensor):
+    def sunk(node: Tensor) -> Tensor | None:
         if node.op.shape_only and any(over_add(x) for x in node.inputs):
-            with source_scope(node.source):
-                return rebuild(node, [plain(x) if i in node.op.shape_only and over_add(x)
-                                      else x for i, x in enumerate(node.inputs)])
-        if node.op.name != "getitem":
+            return rebuild(node, [pieces(x)[0] if i in node.op.shape_only and over_add(x)
+                                  else done[id(x)] for i, x in enumerate(node.inputs)])
+        if node.op.name != "getitem" or not over_add(node.inputs[0]):
             return None
-        chain, x = [], node.inputs[0]
-        while x.op.name == "reshape":
-            chain.append(x)
-            x = x.inputs[0]
-        pair = found.get(id(x))
-        if pair is None:
-            return None
-        a, b = pair
-        with source_scope(node.source):
-            for r in reversed(chain):
-                a = ops.reshape(a, r.attrs["shape"])
-            return ops.getitem(a, _decode_index(node.attrs["index"])) + b
+        code = node.attrs["index"]
+        a, b, full = pieces(node.inputs[0])
+        part = ops.getitem(a, _decode_index(code))
+        b_code = code if full else code[len(code) - b.ndim:]
+        if not full and all(c == ("s", None, None, None) for c in b_code):
+            return part + b
+        return part + ops.getitem(b, _decode_index(b_code))
 
-    return rewrite(program, rule)
+    for n in program.nodes():
+        with source_scope(n.source):
+            new = sunk(n)
+        done[id(n)] = new if new is not None else rebuild(n, [done[id(x)] for x in n.inputs])
+    return Program(tuple(done[id(t)] for t in program.outputs),
+                   tuple((p, done[id(v)]) for p, v in program.updates))
