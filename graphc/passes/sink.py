@@ -88,7 +88,12 @@ def _disjoint(slices: list) -> bool:
     if len(shapes) != 1:
         return False
     shape = shapes.pop()
-    ranges = [[_dim_range(c, d) for c, d in zip(s.attrs["index"], shape)] for s in slices]
+    codes = [s.attrs["index"] for s in slices]
+    for d, size in enumerate(shape):  # the steps of a recurrence: one distinct int each
+        ints = [c[d][1] % size for c in codes if c[d][0] == "i"] if size is not None else []
+        if len(ints) == len(codes) and len(set(ints)) == len(ints):
+            return True
+    ranges = [[_dim_range(c, d) for c, d in zip(code, shape)] for code in codes]
     for i in range(len(ranges)):
         for j in range(i + 1, len(ranges)):
             if not any(r is not None and q is not None and not (r & q)
