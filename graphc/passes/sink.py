@@ -7,8 +7,8 @@ slices; sunk into the slices, every gate's kernel adds its own columns of the pr
 the bias and the product inside the elementwise chain it runs anyway, and the passes
 disappear (two per step of an LSTM). Rewritten only when every reader of the add is a
 basic slice (through reshapes that keep a broadcast operand's dims) and no two slices
-overlap, so nothing is computed more often than before. The
-pass repeats until nothing changes: a sunk add can leave another add read only in slices."""
+overlap, so nothing is computed more often than before. The pass repeats until nothing
+changes: a sunk add can leave another add read only in slices."""
 from __future__ import annotations
 
 from .. import ops
@@ -22,9 +22,13 @@ _MAX_ROUNDS = 8
 def _span(a: Tensor, b: Tensor, out: Tensor) -> int:
     """How many trailing dims of `out` operand b spans (a is full-size): all of them when b
     is full-size too, else b's own (a trailing-dimension broadcast), 0 when b is neither."""
-    if a.shape != out.shape or b.ndim == 0 or b.ndim > out.ndim or None in b.shape:
-        return out.ndim if a.shape == b.shape == out.shape and b.ndim else 0
-    return b.ndim if tuple(out.shape[-b.ndim:]) == tuple(b.shape) else 0
+    if a.shape != out.shape or b.ndim == 0:
+        return 0
+    if b.shape == out.shape:
+        return out.ndim
+    if b.ndim < out.ndim and None not in b.shape and tuple(out.shape[-b.ndim:]) == b.shape:
+        return b.ndim
+    return 0
 
 
 def _keeps(node: Tensor, k: int) -> bool:
