@@ -89,3 +89,29 @@ def test_the_blas_found_is_numpys_even_beside_scipys_own_openblas():
     assert out[1] == "True"
     if blas._AVX512_FLAGS <= blas.cpu_flags():
         assert out[2] in blas.AVX512_CORES
+
+
+@pytest.mark.parametrize("shape", [(2048, 64), (64, 2048), (129, 257), (3, 5)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_into_writes_the_transpose(shape, dtype, rng):
+    a = rng.standard_normal(shape).astype(dtype)
+    out = np.full(shape[::-1], np.nan, dtype)
+    blas.transpose_into(a, out)
+    np.testing.assert_array_equal(out, a.T)
+
+
+def test_transpose_into_strided_rows_in_and_out(rng):
+    """Windows of bigger arrays (rows contiguous, a longer leading dimension), as the plan's
+    slices are: only the window is written."""
+    parent = rng.standard_normal((300, 200)).astype(np.float32)
+    a = parent[10:266, 3:131]  # (256, 128): 32K elements, the BLAS's route where it has one
+    big = np.zeros((140, 300), np.float32)
+    blas.transpose_into(a, big[5:133, 20:276])
+    np.testing.assert_array_equal(big[5:133, 20:276], a.T)
+    big[5:133, 20:276] = 0
+    assert not big.any()
+
+
+@pytest.mark.skipif(blas.kernel_core() is None, reason="OpenBLAS has somatcopy")
+def test_openblas_somatcopy_is_found_and_checked():
+    assert blas._somatcopy() is not None
