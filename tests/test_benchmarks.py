@@ -83,6 +83,24 @@ def test_new_workloads_floors():
         [(6, 1, 5, 5), (6,), (16, 6, 5, 5), (16,)]
 
 
+def test_lstm_blas_floor_runs_the_steps_products_at_their_shapes():
+    """The products the LSTM step must run: the workload's FLOPs less the three recurrent
+    products of step 0 (zero initial state: no forward product, no weight-gradient term,
+    no state gradient to pass back)."""
+    from benchmarks.systems.numpy_sys import NumpyMatmulFloor
+    w = QUICK["lstm"]
+    assert NumpyMatmulFloor().supports(w)
+    runner = NumpyMatmulFloor().build(w, make_data(w))
+    runner.step()
+    flops = 0
+    for a, b, out in runner.calls:
+        assert out.shape == (a.shape[0], b.shape[1]) and a.shape[1] == b.shape[0]
+        flops += 2 * a.shape[0] * a.shape[1] * b.shape[1]
+    g, h = 4 * w.hidden, w.hidden
+    assert flops == w.flops() - 3 * 2 * w.batch * g * h
+    assert len(runner.calls) == 1 + 2 * (w.steps - 1) + 3 + 2
+
+
 def test_compile_time_reports_the_three_situations():
     from benchmarks import compile_time
     r = compile_time.measure("mlp-s", repeats=1)

@@ -438,13 +438,58 @@ class MatmulFloorRunner(Runner):
         return np.array([np.nan])
 
 
+class LstmMatmulFloorRunner(Runner):
+    """The LSTM step's matrix multiplications alone, each in the operand layout this BLAS
+    runs fastest (contiguous operands, the recurrent forward product as W_hh @ h^T): the
+    input projection of every step at once, the recurrent product of steps 1..T-1 (the
+    zero initial state needs none), the state gradients of steps T-1..1, both weight
+    gradients as one product over the stacked steps, and the output layer's three."""
+
+    def __init__(self, workload, data):
+        rng = np.random.default_rng(1)
+        t, b, n_in, h = workload.steps, workload.batch, workload.layers[0], workload.hidden
+        classes, g = workload.layers[-1], 4 * workload.hidden
+
+        def arr(*shape):
+            return rng.standard_normal(shape).astype(np.float32)
+
+        w_ih, w_hh, w_out = data["params"][0], data["params"][1], data["params"][4]
+        x = data["x"].reshape(t * b, n_in)
+        w_ih_t = np.ascontiguousarray(w_ih.T)
+        hs_t, gates = arr(t, h, b), arr(t, b, g)  # h_t^T per step; dG_t per step
+        hs = arr(t * b, h)
+        dgates = gates.reshape(t * b, g)
+        calls = [(x, w_ih_t, np.empty((t * b, g), np.float32))]
+        calls += [(w_hh, hs_t[i], np.empty((g, b), np.float32)) for i in range(t - 1)]
+        calls += [(hs[-b:], np.ascontiguousarray(w_out.T), np.empty((b, classes), np.float32))]
+        grad_out = arr(b, classes)
+        calls += [(grad_out.T, hs[-b:], np.empty((classes, h), np.float32)),
+                  (grad_out, w_out, np.empty((b, h), np.float32))]
+        calls += [(gates[i], w_hh, np.empty((b, h), np.float32)) for i in range(t - 1, 0, -1)]
+        calls += [(dgates[b:].T, hs[:-b], np.empty((g, h), np.float32)),
+                  (dgates.T, x, np.empty((g, n_in), np.float32))]
+        self.calls = calls
+
+    def step(self):
+        for a, b, out in self.calls:
+            np.matmul(a, b, out=out)
+
+    def fingerprint(self):
+        return np.array([np.nan])
+
+
 class NumpyMatmulFloor(NumpyNaive):
     name = "blas-floor"
     runner = MatmulFloorRunner
     floor = True
 
     def supports(self, workload):
-        return workload.kind == "mlp"
+        return workload.kind in ("mlp", "lstm")
+
+    def build(self, workload, data):
+        if workload.kind == "lstm":
+            return LstmMatmulFloorRunner(workload, data)
+        return self.runner(workload, data)
 
 
 SYSTEMS = [NumpyNaive, NumpyExpert, NumpyMatmulFloor]
