@@ -1,4 +1,6 @@
 """Fusion: how many kernels a step becomes, and that fused kernels compute the same thing."""
+import re
+
 import numpy as np
 import pytest
 
@@ -403,6 +405,52 @@ def test_chunked_adam_update_tracks_the_serial_one(two_threads, monkeypatch):
     assert len(two_threads) == 3 * 2, two_threads  # 3 updates on each call after the first
     for got, want in zip(chunked, run(False)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
+def test_consecutive_state_updates_run_as_one_batch(two_threads, monkeypatch):
+    """Adam over four tensors: their updates run as one batch on graphc's threads (one
+    run_chunks call per step, a tensor bigger than its share of the batch split into row
+    ranges), with the values of the unbatched serial kernels, to the bit."""
+    from graphc.backends.cpu import executor
+    grads = [np.random.default_rng(i).normal(size=s).astype(np.float32)
+             for i, s in enumerate([(300,), (50, 7), (3, 40), (1000,)])]
+
+    def run(batched):
+        monkeypatch.setattr(executor, "BATCH_MIN_ELEMENTS", 64 if batched else 1 << 60)
+        monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 1000 if batched else 1 << 60)
+        with gc.Graph() as g:
+            ps = [gc.parameter(f"p{i}", shape=gr.shape, seed=i) for i, gr in enumerate(grads)]
+            loss = sum(gc.sum(p * gc.constant(gr)) for p, gr in zip(ps, grads))
+            fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01))
+            for _ in range(3):
+                fn()
+            source = next(iter(fn._compiled.values()))[1].source
+            return [p.value.copy() for p in g.parameters()], source
+    got, source = run(True)
+    # the first call runs the kernels one by one (loading them); then one batch per call:
+    # 1770 elements, a share of 442 each: the 1000 floats in three ranges, the rest whole
+    assert two_threads == [6, 6], two_threads
+    assert len(re.findall(r"^    B\d+\(\)$", source, re.M)) == 1, source
+    two_threads.clear()
+    want, plain = run(False)
+    assert not two_threads and not re.search(r"^    B\d+\(\)$", plain, re.M)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_a_batch_takes_no_update_that_reads_or_writes_what_it_writes():
+    from graphc.backends.cpu.executor import _Batch
+    a = np.zeros(100, np.float32)
+    batch = _Batch()
+    batch.add(0, None, [a[:50]], [1], [a[:50]], [a[:50]], 50)
+    assert not batch.independent([a[40:60]], [])  # reads what the batch writes
+    assert not batch.independent([], [a[49:51]])  # writes over it
+    assert batch.independent([a[50:]], [a[50:]])
+    b = np.zeros(10, np.float32)
+    batch.add(1, None, [b], [2], [a[60:]], [b], 10)  # reads a[60:], writes b
+    assert not batch.independent([], [a[90:]])  # writes what the batch reads
+    assert batch.writes_slots([2]) and not batch.writes_slots([3])
 
 
 def test_tiled_numpy_kernel_prints_no_dead_step_and_writes_in_place(rng):

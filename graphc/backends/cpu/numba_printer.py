@@ -10,6 +10,7 @@ Sources are cached on disk as graphc.backends.kernel_cache describes (user-only 
 keyed by the source hash, verified before use, rebuilt once when damaged)."""
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -346,22 +347,34 @@ def _chunking(expr: FusedExpr, shared: dict, n_kept: int):
     the first iteration axis (broadcast ones are passed whole) and the outputs."""
     from .kernels import threads
     shape = expr.shape
-    if expr.reductions or not shape or shape[0] < 2 or threads() < 2:
-        return None
-    if len(expr.outputs) < 2 or len(shared) != len(expr.outputs):
-        return None
-    size = int(np.prod(shape, dtype=np.int64))
-    if size < PARALLEL_MIN_ELEMENTS:
+    size = _state_update_size(expr, shared)
+    if size < PARALLEL_MIN_ELEMENTS or threads() < 2:
         return None
     rows = max(1, CHUNK_ELEMENTS // max(size // shape[0], 1))
     n_chunks = -(-shape[0] // rows)
     if n_chunks < 2:
         return None
-    n_in = len(expr.inputs)
+    return rows, n_chunks, _cut(expr, n_kept)
+
+
+def _cut(expr: FusedExpr, n_kept: int) -> list:
+    """The argument positions a chunk of rows slices: the inputs that vary along the first
+    iteration axis (broadcast ones are passed whole) and the outputs."""
+    n_in, shape = len(expr.inputs), expr.shape
     cut = [k for k, (_, in_shape) in enumerate(expr.inputs)
            if len(in_shape) == len(shape) and 0 in _varying_dims(in_shape, shape)]
-    cut += [n_in + k for k in range(n_kept)]
-    return rows, n_chunks, cut
+    return cut + [n_in + k for k in range(n_kept)]
+
+
+def _state_update_size(expr: FusedExpr, shared: dict) -> int:
+    """The element count of a state update (every output written over its input, no
+    reduction, rows to split), else 0."""
+    shape = expr.shape
+    if expr.reductions or not shape or shape[0] < 2:
+        return 0
+    if len(expr.outputs) < 2 or len(shared) != len(expr.outputs):
+        return 0
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
@@ -476,7 +489,30 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
                 acc /= count
             np.copyto(out.reshape(kd), acc, casting="unsafe")
 
+    update_size = _state_update_size(expr, shared) if not (windows or strided) else 0
+    update_cut = _cut(expr, 0) if update_size else []
+
+    def tasks(*arrays, max_elements: int) -> list:
+        """The kernel's work as serial calls over row ranges of at most about
+        max_elements elements each (see executor's batches); after the first call."""
+        args = (*arrays[:n_in], *shape)
+        n0, row = shape[0], update_size // shape[0]
+        rows = max(1, max_elements // max(row, 1))
+        if rows >= n0:
+            return [functools.partial(jit, *args)]
+        out = []
+        for lo in range(0, n0, rows):
+            hi = min(lo + rows, n0)
+            part = list(args)
+            for k in update_cut:
+                part[k] = args[k][lo:hi]
+            part[n_in] = hi - lo
+            out.append(functools.partial(jit, *part))
+        return out
+
     kernel.source = source
+    kernel.update_size = update_size  # a state update's elements (batchable), else 0
+    kernel.tasks = tasks
     return kernel
 
 
