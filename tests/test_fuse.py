@@ -450,7 +450,7 @@ def test_a_batch_takes_no_update_that_reads_or_writes_what_it_writes():
     b = np.zeros(10, np.float32)
     batch.add(1, None, [b], [2], [a[60:]], [b], 10)  # reads a[60:], writes b
     assert not batch.independent([], [a[90:]])  # writes what the batch reads
-    assert batch.writes_slots([2]) and not batch.writes_slots([3])
+    assert batch.touches([2]) and not batch.touches([3])
 
 
 def test_tiled_numpy_kernel_prints_no_dead_step_and_writes_in_place(rng):

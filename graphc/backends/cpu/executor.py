@@ -107,7 +107,7 @@ class _Builder:
             if k.outputs and (k.outputs[0] in mem.stacked or k.outputs[0] in mem.sliced):
                 continue  # its pieces were written in place
             if k.kind in ("view", "alias", "const"):
-                if self.batch.writes_slots(k.inputs):
+                if self.batch.touches(k.inputs):  # a view that copies reads the batch's output
                     self._flush()
                 getattr(self, f"_{k.kind}")(i, k)
                 continue
@@ -187,10 +187,12 @@ class _Builder:
         self.lines.append(f"    K{i}({ins}out={self.ref(step.slot)})")
 
     def _fused(self, i, k):
-        self._emit_fused(i, *self._compile_fused(i, k))
+        slots, epi_slots, _ = self._compile_fused(i, k)
+        self._emit_fused(i, slots, epi_slots)
 
     def _compile_fused(self, i, k):
-        """F{i} (and E{i}, its epilogue) in the namespace; (slots F{i} takes, E{i}'s)."""
+        """F{i} (and E{i}, its epilogue) in the namespace; (slots F{i} takes, E{i}'s or
+        None, how many of F{i}'s slots are inputs)."""
         expr = build_expr(k, self.bp.plan, self.bp.shapes)
         mem = self.bp.memory
         aliased = {j for j, (s, _) in enumerate(expr.outputs)
@@ -216,14 +218,13 @@ class _Builder:
         else:  # ufuncs with out= take strided views as they are
             self.ns[f"F{i}"] = numpy_printer.compile_numpy(expr, aliased)
         slots = [s for s, _ in expr.inputs] + outs + [r[0] for r in expr.reductions]
-        self.n_inputs = len(expr.inputs)
         epi = expr.epilogue
         if epi is None:
-            return slots, None
+            return slots, None, len(expr.inputs)
         # elementwise work on the reductions' results, right after
         epi_aliased = {j for j, (s, _) in enumerate(epi.outputs) if s in mem.param_writes}
         self.ns[f"E{i}"] = numpy_printer.compile_numpy(epi, epi_aliased)
-        return slots, [s for s, _ in epi.inputs] + [s for s, _ in epi.outputs]
+        return slots, [s for s, _ in epi.inputs] + [s for s, _ in epi.outputs], len(expr.inputs)
 
     def _emit_fused(self, i, slots, epi_slots) -> None:
         self.lines.append(f"    F{i}({', '.join(self.ref(s) for s in slots)})")
@@ -233,7 +234,7 @@ class _Builder:
     def _fused_batched(self, i, k) -> None:
         """Compile fused kernel i; a state update over fixed arrays joins the batch of
         updates (see _Batch), any other kernel is emitted after the batch."""
-        slots, epi_slots = self._compile_fused(i, k)
+        slots, epi_slots, n_in = self._compile_fused(i, k)
         fn = self.ns[f"F{i}"]
         size = getattr(fn, "update_size", 0)
         if (epi_slots is not None or size < BATCH_MIN_ELEMENTS
@@ -242,7 +243,7 @@ class _Builder:
             self._emit_fused(i, slots, epi_slots)
             return
         arrays = [self.fixed[s] for s in slots]
-        reads, writes = arrays[:self.n_inputs], arrays[self.n_inputs:]  # outputs: over inputs
+        reads, writes = arrays[:n_in], arrays[n_in:]  # its outputs: written over inputs
         if not self.batch.independent(reads, writes):
             self._flush()
         self.batch.add(i, fn, arrays, slots, reads, writes, size)
@@ -339,10 +340,8 @@ class _Batch:
         self._written: list = []
         self._slots: set = set()
 
-    def holds(self, i) -> bool:
-        return any(m[0] == i for m in self.members)
-
-    def writes_slots(self, slots) -> bool:
+    def touches(self, slots) -> bool:
+        """Whether a member reads or writes any of these slots."""
         return any(s in self._slots for s in slots)
 
     def independent(self, reads, writes) -> bool:
@@ -376,15 +375,17 @@ class _Batch:
 
 
 def _span(a: np.ndarray) -> tuple:
-    lo, hi = np.lib.array_utils.byte_bounds(a) if hasattr(np.lib, "array_utils") else \
-        np.byte_bounds(a)
-    return lo, hi
+    """(first byte, one past the last) of the memory a spans."""
+    bounds = np.lib.array_utils.byte_bounds if hasattr(np.lib, "array_utils") else \
+        np.byte_bounds  # NumPy < 2
+    return bounds(a)
 
 
 def _overlaps(spans, others) -> bool:
+    """Whether any span meets any of the others (one vectorized test per span)."""
     if not spans or not others:
         return False
-    o = np.array(others, dtype=object if max(map(max, others)) >= 2**63 else np.int64)
+    o = np.array(others, dtype=np.uint64)
     return any(bool(np.any((lo < o[:, 1]) & (o[:, 0] < hi))) for lo, hi in spans)
 
 
