@@ -394,17 +394,24 @@ def test_chunked_adam_update_tracks_the_serial_one(two_threads, monkeypatch):
 
     def run(chunked):
         monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 64 if chunked else 1 << 60)
-        with gc.Graph() as g:
-            ps = [gc.parameter(f"p{i}", shape=gr.shape, seed=i) for i, gr in enumerate(grads)]
-            loss = sum(gc.sum(p * gc.constant(gr)) for p, gr in zip(ps, grads))
-            fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01))
-            for _ in range(3):
-                fn()
-            return [p.value.copy() for p in g.parameters()]
+        return _adam_steps(grads)[0]
     chunked = run(True)
     assert len(two_threads) == 3 * 2, two_threads  # 3 updates on each call after the first
     for got, want in zip(chunked, run(False)):
         np.testing.assert_array_equal(got, want)
+
+
+def _adam_steps(grads, steps=3):
+    """Three Adam steps on parameters whose gradients are `grads`: (their values, the
+    step function's generated source)."""
+    with gc.Graph() as g:
+        ps = [gc.parameter(f"p{i}", shape=gr.shape, seed=i) for i, gr in enumerate(grads)]
+        loss = sum(gc.sum(p * gc.constant(gr)) for p, gr in zip(ps, grads))
+        fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01))
+        for _ in range(steps):
+            fn()
+        source = next(iter(fn._compiled.values()))[1].source
+        return [p.value.copy() for p in g.parameters()], source
 
 
 @pytest.mark.skipif(not numba_cpu.available(), reason="Numba not installed")
@@ -419,14 +426,7 @@ def test_consecutive_state_updates_run_as_one_batch(two_threads, monkeypatch):
     def run(batched):
         monkeypatch.setattr(executor, "BATCH_MIN_ELEMENTS", 64 if batched else 1 << 60)
         monkeypatch.setattr(numba_cpu, "PARALLEL_MIN_ELEMENTS", 1000 if batched else 1 << 60)
-        with gc.Graph() as g:
-            ps = [gc.parameter(f"p{i}", shape=gr.shape, seed=i) for i, gr in enumerate(grads)]
-            loss = sum(gc.sum(p * gc.constant(gr)) for p, gr in zip(ps, grads))
-            fn = gc.compile(loss, optimizer=gc.optim.Adam(lr=0.01))
-            for _ in range(3):
-                fn()
-            source = next(iter(fn._compiled.values()))[1].source
-            return [p.value.copy() for p in g.parameters()], source
+        return _adam_steps(grads)
     got, source = run(True)
     # the first call runs the kernels one by one (loading them); then one batch per call:
     # 1770 elements, a share of 442 each: the 1000 floats in three ranges, the rest whole

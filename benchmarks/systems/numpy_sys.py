@@ -438,7 +438,7 @@ class MatmulFloorRunner(Runner):
         return np.array([np.nan])
 
 
-class LstmMatmulFloorRunner(Runner):
+class LstmMatmulFloorRunner(MatmulFloorRunner):
     """The LSTM step's matrix multiplications alone, each in the operand layout this BLAS
     runs fastest (contiguous operands, the recurrent forward product as W_hh @ h^T): the
     input projection of every step at once, the recurrent product of steps 1..T-1 (the
@@ -469,13 +469,6 @@ class LstmMatmulFloorRunner(Runner):
         calls += [(dgates[b:].T, hs[:-b], np.empty((g, h), np.float32)),
                   (dgates.T, x, np.empty((g, n_in), np.float32))]
         self.calls = calls
-
-    def step(self):
-        for a, b, out in self.calls:
-            np.matmul(a, b, out=out)
-
-    def fingerprint(self):
-        return np.array([np.nan])
 
 
 class NumpyMatmulFloor(NumpyNaive):
