@@ -440,16 +440,16 @@ def test_consecutive_state_updates_run_as_one_batch(two_threads, monkeypatch):
 
 
 def test_a_batch_takes_no_update_that_reads_or_writes_what_it_writes():
-    from graphc.backends.cpu.executor import _Batch
+    from graphc.backends.cpu.executor import _Batch, _span
     a = np.zeros(100, np.float32)
     batch = _Batch()
-    batch.add(0, None, [a[:50]], [1], [a[:50]], [a[:50]], 50)
-    assert not batch.independent([a[40:60]], [])  # reads what the batch writes
-    assert not batch.independent([], [a[49:51]])  # writes over it
-    assert batch.independent([a[50:]], [a[50:]])
+    batch.add(0, None, [a[:50]], [1], [_span(a[:50])], [_span(a[:50])], 50)
+    assert not batch.independent([_span(a[40:60])], [])  # reads what the batch writes
+    assert not batch.independent([], [_span(a[49:51])])  # writes over it
+    assert batch.independent([_span(a[50:])], [_span(a[50:])])
     b = np.zeros(10, np.float32)
-    batch.add(1, None, [b], [2], [a[60:]], [b], 10)  # reads a[60:], writes b
-    assert not batch.independent([], [a[90:]])  # writes what the batch reads
+    batch.add(1, None, [b], [2], [_span(a[60:])], [_span(b)], 10)  # reads a[60:], writes b
+    assert not batch.independent([], [_span(a[90:])])  # writes what the batch reads
     assert batch.touches([2]) and not batch.touches([3])
 
 

@@ -243,7 +243,8 @@ class _Builder:
             self._emit_fused(i, slots, epi_slots)
             return
         arrays = [self.fixed[s] for s in slots]
-        reads, writes = arrays[:n_in], arrays[n_in:]  # its outputs: written over inputs
+        spans = [_span(a) for a in arrays]
+        reads, writes = spans[:n_in], spans[n_in:]  # its outputs: written over inputs
         if not self.batch.independent(reads, writes):
             self._flush()
         self.batch.add(i, fn, arrays, slots, reads, writes, size)
@@ -345,15 +346,16 @@ class _Batch:
         return any(s in self._slots for s in slots)
 
     def independent(self, reads, writes) -> bool:
-        r, w = [_span(a) for a in reads], [_span(a) for a in writes]
-        return not (_overlaps(w, self._read) or _overlaps(w, self._written)
-                    or _overlaps(r, self._written))
+        """Whether an update reading and writing these byte ranges (see _span) may join."""
+        return not (_overlaps(writes, self._read) or _overlaps(writes, self._written)
+                    or _overlaps(reads, self._written))
 
     def add(self, i, fn, arrays, slots, reads, writes, size) -> None:
+        """Kernel i, fn(*arrays) over `slots`, reading and writing these byte ranges."""
         self.members.append((i, fn, arrays, slots))
         self.elements += size
-        self._read += [_span(a) for a in reads]
-        self._written += [_span(a) for a in writes]
+        self._read += reads
+        self._written += writes
         self._slots.update(slots)
 
     def runner(self):

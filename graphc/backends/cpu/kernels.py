@@ -34,7 +34,6 @@ def _transposed_is_faster(m: int, n: int, k: int) -> bool:
 @functools.lru_cache(maxsize=None)
 def _runs_openblas() -> bool:
     """Whether NumPy's BLAS is OpenBLAS, the library the rule above was measured on."""
-    from . import blas
     return blas.kernel_core() is not None
 
 

@@ -366,6 +366,16 @@ def _cut(expr: FusedExpr, n_kept: int) -> list:
     return cut + [n_in + k for k in range(n_kept)]
 
 
+def _row_range(args, cut, extent: int, lo: int, hi: int) -> list:
+    """A kernel's arguments for rows lo:hi of its first axis: the cut arguments sliced,
+    the first extent (at position `extent`) set to the range's length."""
+    part = list(args)
+    for k in cut:
+        part[k] = args[k][lo:hi]
+    part[extent] = hi - lo
+    return part
+
+
 def _state_update_size(expr: FusedExpr, shared: dict) -> int:
     """The element count of a state update (every output written over its input, no
     reduction, rows to split), else 0."""
@@ -435,12 +445,7 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
 
             def chunk(c):
                 lo = c * rows
-                hi = min(lo + rows, n0)
-                part = list(args)
-                for k in cut:
-                    part[k] = args[k][lo:hi]
-                part[extent] = hi - lo
-                jit(*part)
+                jit(*_row_range(args, cut, extent, lo, min(lo + rows, n0)))
             run_chunks(chunk, n_chunks)
 
     def load_parallel():
@@ -500,15 +505,9 @@ def compile_numba(expr: FusedExpr, shared=None, windows=None, inputs=None):
         rows = max(1, max_elements // max(row, 1))
         if rows >= n0:
             return [functools.partial(jit, *args)]
-        out = []
-        for lo in range(0, n0, rows):
-            hi = min(lo + rows, n0)
-            part = list(args)
-            for k in update_cut:
-                part[k] = args[k][lo:hi]
-            part[n_in] = hi - lo
-            out.append(functools.partial(jit, *part))
-        return out
+        return [functools.partial(jit, *_row_range(args, update_cut, n_in, lo,
+                                                   min(lo + rows, n0)))
+                for lo in range(0, n0, rows)]
 
     kernel.source = source
     kernel.update_size = update_size  # a state update's elements (batchable), else 0
