@@ -88,8 +88,8 @@ def run_workload(w: Workload, device: str, systems: list[System], ceilings: dict
     if pool is None:
         with WorkerPool() as own:
             return run_workload(w, device, systems, ceilings, timing, reference, log, own)
-    results, live = [], []
-    sequential = _sequential(w, device, len(systems))
+    results, group, samples, inner = [], [], {}, {}
+    size = group_size(w, device, len(systems))
     for s in systems:
         r = Result(w.name, s.name, device, tf32=s.tf32)
         results.append(r)
@@ -106,26 +106,31 @@ def run_workload(w: Workload, device: str, systems: list[System], ceilings: dict
                         f"{np.round(reference, 6).tolist()}")
             _release(worker)
             continue
-        if sequential:
-            _time_interleaved([(r, worker)], w, ceilings, timing)
-            _release(worker)
-        else:
-            live.append((r, worker))
-    _time_interleaved(live, w, ceilings, timing)
-    for _, worker in live:
+        group.append((r, worker))
+        if len(group) == size:
+            group = _time_group(group, w, timing, samples, inner, keep_anchor=size > 1)
+    if len(group) > 1 or (group and not samples.get(id(group[0][0])) and size != 1):
+        group = _time_group(group, w, timing, samples, inner, keep_anchor=False)
+    for r, worker in group:
         _release(worker)
     for r in results:
+        if r.status == "ok" and samples.get(id(r)):
+            _summarize(r, samples[id(r)], w, ceilings)
+        elif r.status == "ok":
+            r.status, r.reason = "failed", "no sample taken"
         if r.status != "ok" and log:
             log(f"    {w.name:<14} {r.system:<18} {r.status}: {r.reason}")
     return results
 
 
-def _sequential(w: Workload, device: str, n_systems: int) -> bool:
-    """Big CPU steps are timed one system at a time when all their buffers would not fit
-    in half the memory available."""
-    if device != "cpu":
-        return False
-    return w.bytes_moved() * n_systems > 0.5 * machine.available_bytes()
+def group_size(w: Workload, device: str, n_systems: int) -> int:
+    """How many systems are built and timed together. All of them, except for big CPU steps
+    whose buffers would not all fit in half the memory available: then groups of as many as
+    fit, each holding the first system again (the anchor every peer is interleaved with),
+    or one system at a time where two do not fit."""
+    if device != "cpu" or w.bytes_moved() * n_systems <= 0.5 * machine.available_bytes():
+        return n_systems
+    return max(1, int(0.5 * machine.available_bytes() // max(w.bytes_moved(), 1.0)))
 
 
 def _build(r: Result, s: System, w: Workload, pool: WorkerPool):
@@ -151,11 +156,25 @@ def _release(worker) -> None:
         pass
 
 
-def _time_interleaved(live, w: Workload, ceilings: dict, timing: Timing) -> None:
+def _time_group(group, w: Workload, timing: Timing, samples: dict, inner: dict,
+                keep_anchor: bool) -> list:
+    """Time one group in interleaved rounds, then release its workers, the first one
+    excepted when `keep_anchor` (it is timed again with the next group); what stays live."""
+    _time_interleaved(group, w, timing, samples, inner)
+    keep = group[:1] if keep_anchor and group[0][0].status == "ok" else []
+    for r, worker in group[len(keep):]:
+        _release(worker)
+    return keep
+
+
+def _time_interleaved(live, w: Workload, timing: Timing, samples: dict, inner: dict) -> None:
     """Rounds of one sample per system, one system at a time, the order rotating each
-    round so drift hits every system alike."""
-    inner, samples = {}, {}
+    round so drift hits every system alike; each sample (seconds per step) is appended to
+    samples[id(result)]."""
+    live = list(live)
     for r, worker in list(live):
+        if id(r) in inner:
+            continue
         try:
             one = worker.call("sample", 1)
         except (RuntimeError, WorkerDied) as e:
@@ -183,13 +202,12 @@ def _time_interleaved(live, w: Workload, ceilings: dict, timing: Timing) -> None
         if rounds >= timing.min_samples and time.perf_counter() > deadline:
             break
     for r, worker in live:
-        if r.status == "ok":
-            _summarize(r, samples[id(r)], w, ceilings)
-            if r.memory_kind == "device pool":
-                r.peak_memory_bytes = worker.call("device_bytes")
+        if r.status == "ok" and r.memory_kind == "device pool":
+            r.peak_memory_bytes = worker.call("device_bytes")
 
 
 def _summarize(r: Result, xs: list, w: Workload, ceilings: dict) -> None:
+    """r's figures from its samples (seconds per step)."""
     med = statistics.median(xs)
     r.round_ms = [x * 1e3 for x in xs]
     r.median_ms, r.min_ms, r.max_ms = med * 1e3, min(xs) * 1e3, max(xs) * 1e3

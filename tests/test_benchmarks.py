@@ -209,3 +209,41 @@ def test_ceilings_measured_again_keep_the_higher_and_retake_the_floors(monkeypat
     assert ceil == {"matmul_flops": 4e11, "copy_bytes_per_s": 4e10}
     assert r.flop_floor_ratio == pytest.approx(low * 4)
     assert r.flop_floor_ratio == pytest.approx(0.05 / (w.flops() / 4e11))
+
+
+def test_a_step_too_big_for_all_systems_at_once_runs_in_groups_around_an_anchor(monkeypatch):
+    """When the buffers of every system would not fit in half the memory, the systems are
+    timed in groups of as many as fit, the first system in every group, so each peer is
+    interleaved with it (not timed alone in a window of its own)."""
+    from benchmarks import machine, suite
+    from benchmarks.systems import all_systems
+    w = QUICK["adam"]
+    monkeypatch.setattr(machine, "available_bytes", lambda: 4 * w.bytes_moved())  # 2 fit
+    names = ["graphc-numpy", "numpy-naive", "numpy-expert"]
+    systems = [s for s in all_systems() if s.name in names]
+    assert suite.group_size(w, "cpu", len(systems)) == 2
+    assert suite.group_size(w, "gpu", len(systems)) == 3
+    groups, real = [], suite._time_interleaved
+
+    def spy(live, *args):
+        groups.append([r.system for r, _ in live])
+        real(live, *args)
+
+    monkeypatch.setattr(suite, "_time_interleaved", spy)
+    timing = suite.Timing(min_samples=3, max_samples=3, budget_s=0.0, settle_s=0.0)
+    results = suite.run_workload(w, "cpu", systems, {"matmul_flops": 1e11,
+                                                     "copy_bytes_per_s": 1e10},
+                                 timing, None, log=None)
+    assert groups == [names[:2], [names[0], names[2]]]
+    rows = {r.system: r for r in results}
+    assert all(r.status == "ok" for r in results), [(r.system, r.reason) for r in results]
+    assert rows["graphc-numpy"].samples == 6 and len(rows["graphc-numpy"].round_ms) == 6
+    assert rows["numpy-naive"].samples == rows["numpy-expert"].samples == 3
+    assert all(r.median_ms > 0 and r.bytes_floor_ratio > 0 for r in results)
+    monkeypatch.setattr(machine, "available_bytes", lambda: 2 * w.bytes_moved())  # 1 fits
+    groups.clear()
+    results = suite.run_workload(w, "cpu", systems, {"matmul_flops": 1e11,
+                                                     "copy_bytes_per_s": 1e10},
+                                 timing, None, log=None)
+    assert groups == [[n] for n in names]
+    assert [r.samples for r in results] == [3, 3, 3]
