@@ -111,7 +111,7 @@ def run_workload(w: Workload, device: str, systems: list[System], ceilings: dict
         group.append((r, worker))
         if len(group) == size:
             group = _time_group(group, w, timing, samples, inner, keep_anchor=size > 1)
-    if len(group) > 1 or (group and not samples.get(id(group[0][0])) and size != 1):
+    if any(id(r) not in samples for r, _ in group):  # a last group, short of `size`
         group = _time_group(group, w, timing, samples, inner, keep_anchor=False)
     for r, worker in group:
         _release(worker)
@@ -174,7 +174,7 @@ def _time_interleaved(live, w: Workload, timing: Timing, samples: dict, inner: d
     round so drift hits every system alike; each sample (seconds per step) is appended to
     samples[id(result)]."""
     live = list(live)
-    for r, worker in list(live):
+    for r, worker in live[:]:
         if id(r) in inner:
             continue
         try:
